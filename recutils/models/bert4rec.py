@@ -1,0 +1,83 @@
+"""BERT4Rec: bidirectional Transformer trained with the cloze task (Sun et al., CIKM 2019).
+
+Random items of a training window are replaced by [MASK] (id ``n_items + 1``) and
+predicted from both sides. At inference [MASK] is appended after the history and the
+output at that position scores every item. The [MASK] row stays randomly initialised
+when the item table starts from a given matrix (as in LLM2BERT4Rec).
+
+Defaults::
+
+    hidden: 64          # embedding width (Harte et al. tuned: 208 for LLM2BERT4Rec)
+    n_layers: 2
+    n_heads: 2
+    inner: 256
+    dropout: 0.2
+    max_len: 50         # including the appended [MASK]
+    mask_prob: 0.2      # RecBole 0.2; Harte et al. tuned 0.5-0.65; Elephant 0.15
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recutils.models.embedding import ItemEmbedding
+from recutils.models.transformer import Block, attention_mask, init_weights
+
+
+class BERT4Rec(nn.Module):
+    def __init__(self, n_items: int, hidden: int = 64, n_layers: int = 2, n_heads: int = 2,
+                 inner: int = 256, dropout: float = 0.2, max_len: int = 50, mask_prob: float = 0.2,
+                 item_init: torch.Tensor | np.ndarray | None = None, freeze_init: bool = False) -> None:
+        super().__init__()
+        self.n_items, self.max_len, self.mask_prob = n_items, max_len, mask_prob
+        self.mask_id = n_items + 1
+        self.pos = nn.Embedding(max_len, hidden)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(hidden, n_heads, inner, dropout) for _ in range(n_layers))
+        self.ln = nn.LayerNorm(hidden)
+        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden))
+        init_weights(self)
+        self.items = ItemEmbedding(n_items, hidden, init=item_init, freeze=freeze_init, extra_rows=1)
+        self.bias = nn.Parameter(torch.zeros(n_items + 1))
+
+    def forward(self, seq: torch.Tensor, return_attention: bool = False):
+        """``seq`` [B, L] left-padded ids (may contain [MASK]) -> hidden states [B, L, hidden]."""
+        seq = seq[:, -self.max_len:]
+        # positions count from the right end, so a shorter (unpadded) input is read exactly
+        # like the same input left-padded to max_len
+        positions = torch.arange(self.max_len - seq.size(1), self.max_len, device=seq.device)
+        x = self.drop(self.items(seq) + self.pos(positions))
+        allowed = attention_mask(seq, causal=False)
+        maps = []
+        for block in self.blocks:
+            x, att = block(x, allowed)
+            maps.append(att)
+        x = self.ln(x)
+        return (x, maps) if return_attention else x
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Scores over ids 0..n_items (the [MASK] row is never a prediction)."""
+        return self.head(h) @ self.items.weight[: self.n_items + 1].T + self.bias
+
+    def score(self, seq: torch.Tensor) -> torch.Tensor:
+        """Scores [B, n_items + 1] for the next item: [MASK] is appended to each history."""
+        mask = torch.full((seq.size(0), 1), self.mask_id, dtype=seq.dtype, device=seq.device)
+        seq = torch.cat([seq[:, -(self.max_len - 1):], mask], dim=1)
+        return self.logits(self.forward(seq)[:, -1])
+
+    def loss(self, window: torch.Tensor) -> torch.Tensor:
+        """Cloze loss on training windows [B, L]: mask items with prob ``mask_prob``.
+
+        Each window gets at least one masked item (its last one if the draw masked none).
+        """
+        window = window[:, -self.max_len:]
+        real = window > 0
+        masked = (torch.rand(window.shape, device=window.device) < self.mask_prob) & real
+        none = ~masked.any(1)
+        masked[none, -1] = real[none, -1]
+        inp = window.masked_fill(masked, self.mask_id)
+        h = self.forward(inp)
+        return F.cross_entropy(self.logits(h[masked]), window[masked])

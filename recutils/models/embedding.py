@@ -1,0 +1,55 @@
+"""Item embedding tables that can start from a given matrix (LLM or PLM item embeddings).
+
+Used by SASRec and BERT4Rec for the initialisation studies of Harte et al. (LLM2BERT4Rec)
+and of the Elephant paper (LF / PT / FT item init):
+
+* ``init=None``: random N(0, 0.02)
+* ``init=M, freeze=True``: the rows of M, kept fixed ("embedding-init freeze")
+* ``init=M, freeze=False``: the rows of M, trained further ("embedding-init trainable")
+
+When M is wider or narrower than the model, a trainable linear projection maps it to the
+model width (PCA beforehand is the alternative Harte et al. used).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ItemEmbedding(nn.Module):
+    """Table of ``n_items + 1 + extra_rows`` vectors; row 0 is padding, extra rows (e.g. [MASK]) are random."""
+
+    def __init__(self, n_items: int, dim: int, init: torch.Tensor | np.ndarray | None = None,
+                 freeze: bool = False, extra_rows: int = 0, std: float = 0.02) -> None:
+        super().__init__()
+        if init is None:
+            table = torch.randn(n_items + 1, dim) * std
+            self.table = nn.Parameter(table)
+            self.proj = None
+            width = dim
+        else:
+            table = torch.as_tensor(np.asarray(init), dtype=torch.float32).clone()
+            if table.shape[0] == n_items:
+                table = torch.cat([torch.zeros(1, table.shape[1]), table])
+            if table.shape[0] != n_items + 1:
+                raise ValueError(f"init has {table.shape[0]} rows; expected {n_items + 1} "
+                                 f"(padding row first) or {n_items}")
+            table[0] = 0.0
+            self.table = nn.Parameter(table, requires_grad=not freeze)
+            width = table.shape[1]
+            self.proj = nn.Linear(width, dim, bias=False) if width != dim else None
+            if self.proj is not None:
+                nn.init.normal_(self.proj.weight, 0.0, 1.0 / width**0.5)
+        self.extra = nn.Parameter(torch.randn(extra_rows, width) * std) if extra_rows else None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The full table at model width: [n_items + 1 + extra_rows, dim]."""
+        w = self.table if self.extra is None else torch.cat([self.table, self.extra])
+        return w if self.proj is None else self.proj(w)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight, padding_idx=0)

@@ -1,0 +1,84 @@
+"""SASRec: self-attentive sequential recommendation (Kang & McAuley, ICDM 2018).
+
+A causal Transformer over the user's item sequence; the hidden state at position t,
+dotted with every item embedding, scores the item at t + 1. Trained on every position of
+every training window in one pass (not on copied prefixes, which is 25x slower for the
+same result).
+
+Defaults (RecBole's, commented as in its YAML)::
+
+    hidden: 64          # item and position embedding width (A-LLMRec / SASRec paper: 50)
+    n_layers: 2         # Transformer blocks
+    n_heads: 2          # attention heads (A-LLMRec: 1)
+    inner: 256          # feed-forward width
+    dropout: 0.5        # on embeddings, attention and blocks (SASRec paper: 0.2 on ML-1M)
+    max_len: 50         # most recent items the model sees (SASRec paper: 200 on ML-1M)
+    loss: "ce"          # "ce": softmax over all items | "bce": one random negative per position
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recutils.models.embedding import ItemEmbedding
+from recutils.models.transformer import Block, attention_mask, init_weights
+
+
+class SASRec(nn.Module):
+    def __init__(self, n_items: int, hidden: int = 64, n_layers: int = 2, n_heads: int = 2,
+                 inner: int = 256, dropout: float = 0.5, max_len: int = 50, loss: str = "ce",
+                 item_init: torch.Tensor | np.ndarray | None = None, freeze_init: bool = False) -> None:
+        super().__init__()
+        if loss not in ("ce", "bce"):
+            raise ValueError(f"loss must be 'ce' or 'bce', got {loss!r}")
+        self.n_items, self.max_len, self.loss_type = n_items, max_len, loss
+        self.pos = nn.Embedding(max_len, hidden)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(hidden, n_heads, inner, dropout) for _ in range(n_layers))
+        self.ln = nn.LayerNorm(hidden)
+        init_weights(self)
+        # after init_weights, so a given initialisation is not overwritten
+        self.items = ItemEmbedding(n_items, hidden, init=item_init, freeze=freeze_init)
+
+    def forward(self, seq: torch.Tensor, return_attention: bool = False):
+        """``seq`` [B, L] left-padded item ids -> hidden states [B, L, hidden] (+ attention maps)."""
+        seq = seq[:, -self.max_len:]
+        # positions count from the right end, so a shorter (unpadded) input is read exactly
+        # like the same input left-padded to max_len
+        positions = torch.arange(self.max_len - seq.size(1), self.max_len, device=seq.device)
+        x = self.drop(self.items(seq) + self.pos(positions))
+        x = x * (seq > 0).unsqueeze(-1)
+        allowed = attention_mask(seq, causal=True)
+        maps = []
+        for block in self.blocks:
+            x, att = block(x, allowed)
+            maps.append(att)
+        x = self.ln(x)
+        return (x, maps) if return_attention else x
+
+    def score(self, seq: torch.Tensor) -> torch.Tensor:
+        """Scores [B, n_items + 1] for the item after the last one of each sequence."""
+        return self.forward(seq)[:, -1] @ self.items.weight.T
+
+    def user_vector(self, seq: torch.Tensor) -> torch.Tensor:
+        """The sequence representation [B, hidden] (A-LLMRec's user embedding)."""
+        return self.forward(seq)[:, -1]
+
+    def loss(self, window: torch.Tensor) -> torch.Tensor:
+        """Next-item loss on a batch of training windows [B, max_len + 1] (left-padded)."""
+        inp, target = window[:, :-1], window[:, 1:]
+        h = self.forward(inp)
+        valid = target > 0
+        if self.loss_type == "ce":
+            logits = h[valid] @ self.items.weight.T
+            return F.cross_entropy(logits, target[valid])
+        neg = torch.randint(1, self.n_items + 1, target.shape, device=target.device)
+        neg = torch.where(neg == target, neg % self.n_items + 1, neg)
+        w = self.items.weight
+        pos_logit = (h * w[target]).sum(-1)[valid]
+        neg_logit = (h * w[neg]).sum(-1)[valid]
+        return (F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit))
+                + F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit)))

@@ -1,0 +1,228 @@
+"""What every notebook of the course does the same way: parameters, scales, records, figures.
+
+* :func:`check_parameters` fails loudly when papermill injected a name that the notebook's
+  ``parameters`` cell does not declare (papermill itself only warns).
+* :func:`preset` picks the settings of the chosen ``SCALE`` (smoke / default / paper).
+* :class:`Recorder` writes metrics to ``results/NN_<scale>.json`` and figures to
+  ``figures/NN_slug.png`` (default scale; other scales go to ``figures/<scale>/``).
+  ``$RECUTILS_OUTPUT`` redirects both (the tests use a temporary folder).
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+
+SCALES = ("smoke", "default", "paper")
+_INJECTED_HEADER = "# Parameters"  # papermill's first line of the injected-parameters cell
+
+
+class UnknownParameterError(NameError):
+    """Papermill injected a parameter that the notebook does not declare."""
+
+
+def _assigned_names(source: str) -> set[str]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    names = set()
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+            targets = [node.target]
+        for t in targets:
+            for n in ast.walk(t):
+                if isinstance(n, ast.Name):
+                    names.add(n.id)
+    return names
+
+
+def check_parameters(cells: Sequence[str] | None = None) -> None:
+    """Raise :class:`UnknownParameterError` if papermill injected an undeclared name.
+
+    ``cells`` are the sources of the cells run so far (default: IPython's ``In``). The
+    injected cell is the last one starting with papermill's ``# Parameters`` header;
+    declared names are those assigned in any earlier cell (the ``parameters`` cell).
+    Also checks that ``SCALE`` is one of :data:`SCALES` when it is set.
+    """
+    if cells is None:
+        try:
+            from IPython import get_ipython
+        except ImportError:
+            return
+        ip = get_ipython()
+        if ip is None:
+            return
+        cells = [c for c in ip.user_ns.get("In", []) if c]
+    cells = list(cells)
+    injected_at = max((i for i, c in enumerate(cells) if c.lstrip().startswith(_INJECTED_HEADER)),
+                      default=None)
+    if injected_at is None:
+        return
+    declared = set().union(*(_assigned_names(c) for c in cells[:injected_at]))
+    injected = _assigned_names(cells[injected_at])
+    unknown = sorted(injected - declared)
+    if unknown:
+        raise UnknownParameterError(
+            f"papermill injected {', '.join(unknown)}, which this notebook's parameters cell does "
+            f"not declare. Declared: {', '.join(sorted(n for n in declared if n.isupper()))}. "
+            "Check the spelling of the -p options.")
+
+
+def preset(scale: str, **by_scale: dict) -> SimpleNamespace:
+    """The settings for ``scale``: ``preset(SCALE, smoke={...}, default={...}, paper={...})``.
+
+    Every scale must define the same keys, so switching scale never leaves a setting unset.
+    """
+    if scale not in SCALES:
+        raise ValueError(f"SCALE must be one of {SCALES}, got {scale!r}")
+    missing = [s for s in SCALES if s not in by_scale]
+    if missing:
+        raise ValueError(f"preset() needs settings for every scale; missing {missing}")
+    keys = {s: set(v) for s, v in by_scale.items()}
+    if len({frozenset(k) for k in keys.values()}) != 1:
+        raise ValueError(f"every scale must define the same settings; got {keys}")
+    return SimpleNamespace(**by_scale[scale])
+
+
+def project_root() -> Path:
+    """The folder holding pyproject.toml, searched upwards from the working directory."""
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / "pyproject.toml").exists() and (d / "recutils").is_dir():
+            return d
+    return here
+
+
+def output_root() -> Path:
+    """Where results/ and figures/ go: ``$RECUTILS_OUTPUT`` or the project root."""
+    env = os.environ.get("RECUTILS_OUTPUT")
+    return Path(env) if env else project_root()
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the main libraries, for the first cell of every notebook."""
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "peft", "sentence_transformers", "numpy", "pandas",
+                 "recutils"):
+        mod = sys.modules.get(name)
+        if mod is None:
+            try:
+                mod = __import__(name)
+            except ImportError:
+                continue
+        out[name] = getattr(mod, "__version__", "?")
+    return out
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if hasattr(value, "item") and callable(value.item):  # torch scalars
+        return value.item()
+    return value
+
+
+class Recorder:
+    """Records of one notebook run: ``results/NN_<scale>.json`` plus its figures.
+
+    >>> rec = Recorder("00", SCALE, seed=SEED)
+    >>> rec.record("sasrec", {"full/NDCG@10": 0.06})
+    >>> rec.save_fig(fig, "seq_lengths")          # figures/00_seq_lengths.png
+    """
+
+    def __init__(self, notebook: str, scale: str, seed: int | None = None,
+                 root: str | Path | None = None) -> None:
+        if scale not in SCALES:
+            raise ValueError(f"SCALE must be one of {SCALES}, got {scale!r}")
+        self.notebook, self.scale = notebook, scale
+        root = Path(root) if root else output_root()
+        self.results_path = root / "results" / f"{notebook}_{scale}.json"
+        self.figures_dir = root / "figures" if scale == "default" else root / "figures" / scale
+        self.data = {"notebook": notebook, "scale": scale, "seed": seed,
+                     "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                     "versions": versions(), "records": {}}
+        self._write()
+
+    def record(self, name: str, value) -> None:
+        """Store ``value`` (number, dict, list) under ``name`` and rewrite the JSON file."""
+        self.data["records"][name] = _jsonable(value)
+        self._write()
+
+    def get(self, name: str):
+        return self.data["records"][name]
+
+    def record_method(self, name: str, metrics: dict[str, float], *, stage: str = "test",
+                      train_seconds: float | None = None, infer_seconds_per_user: float | None = None,
+                      params_total: int | None = None, params_trainable: int | None = None,
+                      n_users: int | None = None, **extra) -> None:
+        """Record one method in the schema the comparison notebook reads.
+
+        ``metrics`` is a flat dict like ``EvalResult.metrics()`` ("protocol/metric": value).
+        Costs are optional; ``n_users`` says how many users were evaluated (generative
+        models are evaluated on a sample). Extra keyword arguments are stored as they are.
+        """
+        methods = self.data["records"].setdefault("methods", {})
+        methods[name] = _jsonable({
+            "stage": stage, "metrics": metrics, "train_seconds": train_seconds,
+            "infer_seconds_per_user": infer_seconds_per_user, "params_total": params_total,
+            "params_trainable": params_trainable, "n_users": n_users, **extra})
+        self._write()
+
+    def record_claims(self, rows: list[dict]) -> pd.DataFrame:
+        """Record the closing claim table (rows from :func:`claim`) and return it for display."""
+        self.data["records"]["claims"] = _jsonable(rows)
+        self._write()
+        return pd.DataFrame(rows)
+
+    def save_fig(self, fig, slug: str, dpi: int = 120) -> Path:
+        """Save a matplotlib figure as ``NN_slug.png`` and return its path."""
+        self.figures_dir.mkdir(parents=True, exist_ok=True)
+        path = self.figures_dir / f"{self.notebook}_{slug}.png"
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        return path
+
+    def _write(self) -> None:
+        self.results_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.results_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, sort_keys=False) + "\n")
+        os.replace(tmp, self.results_path)
+
+
+def claim(claim: str, paper: str, ours: str, holds: bool | None, note: str = "") -> dict:
+    """One row of a notebook's closing table: claim / paper's number / ours / holds?
+
+    ``holds`` is computed by the notebook from its numbers (None = cannot be judged here).
+    """
+    verdict = {True: "yes", False: "no", None: "n/a"}[holds]
+    return {"claim": claim, "paper": paper, "ours": ours, "holds": verdict, "note": note}
+
+
+def load_results(notebook: str, scale: str = "default", root: str | Path | None = None) -> dict:
+    """The records a notebook wrote (``results/NN_<scale>.json``)."""
+    path = Path(root or output_root()) / "results" / f"{notebook}_{scale}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: run notebook {notebook} at SCALE={scale!r} "
+                                "first (make course, or papermill).")
+    return json.loads(path.read_text())["records"]

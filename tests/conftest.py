@@ -1,0 +1,42 @@
+"""Shared fixtures: hand-written files in each dataset's format and a tiny sequence dataset."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recutils.data.registry import RawDataset
+from recutils.data.sequences import prepare
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def fixtures() -> Path:
+    return FIXTURES
+
+
+def make_raw(n_users: int = 40, n_items: int = 200, length: tuple[int, int] = (5, 12),
+             seed: int = 0) -> RawDataset:
+    """A random dataset in the parsed format: each user has a random walk over items."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        items = rng.choice(np.arange(1, n_items + 1), size=rng.integers(*length), replace=False)
+        for t, i in enumerate(items):
+            rows.append((f"u{u}", str(i), 4.0, 1000 + 10 * t))
+    inter = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
+    items = pd.DataFrame({"item": [str(i) for i in range(1, n_items + 1)],
+                          "title": [f"Movie {i}" for i in range(1, n_items + 1)],
+                          "year": pd.array([1990 + i % 10 for i in range(1, n_items + 1)], dtype="Int64"),
+                          "genres": [["Drama"] if i % 2 else ["Comedy", "Drama"] for i in range(1, n_items + 1)],
+                          "description": "", "brand": ""})
+    return RawDataset("toy", inter, items)
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    return prepare(make_raw())
