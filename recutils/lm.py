@@ -159,3 +159,64 @@ def encode_texts(texts: list[str], encoder=None, name: str = MINILM, batch_size:
     emb = encoder.encode(texts, batch_size=batch_size, convert_to_numpy=True,
                          normalize_embeddings=normalize, show_progress_bar=progress)
     return emb.astype(np.float32)
+
+
+# --- prompts, completions and generation for causal LMs ---------------------------------------
+
+def completion_batch(tokenizer, prompts: list[str], completions: list[str], max_length: int = 256,
+                     ) -> dict[str, torch.Tensor]:
+    """Tokenise prompt + completion pairs for supervised fine-tuning of a causal LM.
+
+    Returns ``input_ids``, ``attention_mask`` and ``labels`` (left-padded); labels are -100
+    on the prompt and on padding, so the loss covers only the completion tokens. A pair
+    longer than ``max_length`` loses tokens from the start of its prompt, never from the
+    completion.
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    rows = []
+    for p, c in zip(prompts, completions):
+        p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+        c_ids = tokenizer(c, add_special_tokens=False)["input_ids"]
+        if len(c_ids) >= max_length:
+            raise ValueError(f"completion of {len(c_ids)} tokens does not fit max_length={max_length}")
+        p_ids = p_ids[-(max_length - len(c_ids)):]
+        rows.append((p_ids + c_ids, [-100] * len(p_ids) + c_ids))
+    width = max(len(ids) for ids, _ in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (ids, lab) in enumerate(rows):
+        input_ids[r, width - len(ids):] = torch.tensor(ids)
+        labels[r, width - len(ids):] = torch.tensor(lab)
+        mask[r, width - len(ids):] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+@torch.no_grad()
+def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int = 24,
+                   num_beams: int = 1, num_return_sequences: int = 1, stop: str | None = None,
+                   batch_size: int = 8, **kwargs) -> list[list[str]]:
+    """Generate ``num_return_sequences`` continuations per prompt (greedy or beam search).
+
+    Returns one list of strings per prompt, best first; each string is cut at ``stop``
+    when given (e.g. the end marker a model was fine-tuned to emit) and stripped.
+    """
+    if num_return_sequences > max(num_beams, 1) and not kwargs.get("do_sample"):
+        raise ValueError("num_return_sequences cannot exceed num_beams without sampling")
+    device = next(model.parameters()).device
+    out: list[list[str]] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                             num_return_sequences=num_return_sequences,
+                             pad_token_id=tokenizer.pad_token_id, **kwargs)
+        texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        if stop:
+            texts = [t.split(stop)[0] for t in texts]
+        texts = [t.strip() for t in texts]
+        for i in range(len(chunk)):
+            out.append(texts[i * num_return_sequences:(i + 1) * num_return_sequences])
+    return out

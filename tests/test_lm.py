@@ -35,3 +35,23 @@ def test_smollm2_loads_from_cached_conversion(tmp_path, monkeypatch):
     out = model.generate(**ids, max_new_tokens=3, do_sample=False)
     assert out.shape[1] == ids["input_ids"].shape[1] + 3
     assert (lm.smollm2_path() / "config.json").exists()
+
+
+def test_completion_batch_masks_prompt_and_padding():
+    _, tok = lm.load_causal_lm()
+    batch = lm.completion_batch(tok, ["1. Heat\n2. Fargo\n", "1. Alien\n"], [" Speed ###", " Jaws ###"])
+    ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
+    assert ids.shape == labels.shape == mask.shape
+    for r, completion in enumerate([" Speed ###", " Jaws ###"]):
+        kept = labels[r][labels[r] != -100]
+        assert tok.decode(kept) == completion  # the loss sees exactly the completion
+        assert (labels[r][mask[r] == 0] == -100).all()
+    short = lm.completion_batch(tok, ["x " * 100], [" y"], max_length=10)
+    assert short["input_ids"].shape[1] == 10 and tok.decode(short["labels"][0][-1:]) == " y"
+
+
+def test_generate_texts_shapes_and_stop():
+    model, tok = lm.load_causal_lm()
+    out = lm.generate_texts(model, tok, ["1. Toy Story\n2.", "Hello"], max_new_tokens=4,
+                            num_beams=2, num_return_sequences=2, stop="\n")
+    assert len(out) == 2 and all(len(o) == 2 and all("\n" not in t for t in o) for o in out)
