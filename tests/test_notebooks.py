@@ -72,3 +72,26 @@ def test_default_results_are_published(path):
     published = ROOT / "results" / f"{path.name[:2]}_default.json"
     assert published.exists(), f"run `make notebook NB={path.name[:2]}` and commit {published.name}"
     assert json.loads(published.read_text())["scale"] == "default"
+
+
+def _without_timings(value):
+    """Records minus what legitimately varies between runs: times, dates, versions, memory."""
+    volatile = ("seconds", "minutes", "started", "versions", "memory", "peak")
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items()
+                if not any(w in k.lower() for w in volatile)}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+@pytest.mark.notebook
+def test_same_seed_gives_identical_records(tmp_path, monkeypatch):
+    """Notebook 00 run twice at smoke on CPU: every record except timings is identical."""
+    records = []
+    for run in ("a", "b"):
+        monkeypatch.setenv("RECUTILS_OUTPUT", str(tmp_path / run))
+        run_notebook(NOTEBOOKS[0], "smoke", tmp_path / run / "executed", parameters={"DEVICE": "cpu"})
+        data = json.loads((tmp_path / run / "results" / "00_smoke.json").read_text())
+        records.append(_without_timings(data))
+    assert records[0] == records[1]
