@@ -77,23 +77,25 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         paths = [p for p in paths if p.name[:2] in wanted]
     out_dir = ROOT / "build" / "executed" / args.scale
-    times, failed = {}, None
+    times, failed = {}, {}
     for p in paths:
         print(f"--> {p.name} (SCALE={args.scale})", flush=True)
+        start = time.perf_counter()
         try:
             times[p.name] = run_notebook(p, args.scale, out_dir)
         except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
-            failed = (p.name, e)
-            break
+            times[p.name] = time.perf_counter() - start
+            failed[p.name] = e
+            print(f"    FAILED after {times[p.name] / 60:.1f} min: {type(e).__name__}", flush=True)
+            continue  # the others still run; the failure is reported below and in the exit code
         print(f"    done in {times[p.name] / 60:.1f} min -> {out_dir / p.name}", flush=True)
     print("\nper-notebook times:")
     for name, t in times.items():
-        print(f"  {name:40s} {t / 60:6.1f} min")
+        print(f"  {name:40s} {t / 60:6.1f} min {'FAILED' if name in failed else ''}")
     print(f"  {'total':40s} {sum(times.values()) / 60:6.1f} min")
-    if failed:
-        print(f"\nFAILED: {failed[0]}\n{failed[1]}", file=sys.stderr)
-        return 1
-    return 0
+    for name, e in failed.items():
+        print(f"\nFAILED: {name}\n{e}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -112,7 +112,8 @@ def fetch(
                 break  # a wrong file will not get better by asking again
             except (urllib.error.URLError, OSError, TimeoutError) as e:
                 errors.append(f"{u} (try {attempt + 1}): {e}")
-                time.sleep(min(2**attempt, 10))
+                if attempt + 1 < retries:
+                    time.sleep(min(2**attempt, 10))
             finally:
                 if tmp is not None and os.path.exists(tmp):
                     os.remove(tmp)
