@@ -61,6 +61,8 @@ def test_notebook_is_committed_clean_and_follows_the_template(path):
     assert len(params) == 1, "exactly one cell tagged 'parameters'"
     for name in ("SCALE", "SEED", "DEVICE"):
         assert f"{name} = " in params[0].source
+    before = "\n".join(c.source for c in code[:code.index(params[0])])
+    assert "versions()" in before, "a versions cell comes before the parameters cell"
     after = "\n".join(c.source for c in code[code.index(params[0]) + 1:])
     assert "check_parameters()" in after and "Recorder(" in after
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
@@ -71,7 +73,10 @@ def test_notebook_is_committed_clean_and_follows_the_template(path):
 def test_default_results_are_published(path):
     published = ROOT / "results" / f"{path.name[:2]}_default.json"
     assert published.exists(), f"run `make notebook NB={path.name[:2]}` and commit {published.name}"
-    assert json.loads(published.read_text())["scale"] == "default"
+    data = json.loads(published.read_text())
+    assert data["scale"] == "default" and "claims" in data["records"], "a claim table is recorded"
+    if not path.name.startswith("06_"):
+        assert data["records"].get("methods"), "methods are recorded with Recorder.record_method"
 
 
 def _without_timings(value):
