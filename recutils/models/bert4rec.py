@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recutils.models.embedding import ItemEmbedding
-from recutils.models.transformer import Block, attention_mask, init_weights
+from recutils.models.transformer import SequenceEncoder, init_weights
 
 
 class BERT4Rec(nn.Module):
@@ -34,10 +34,7 @@ class BERT4Rec(nn.Module):
         super().__init__()
         self.n_items, self.max_len, self.mask_prob = n_items, max_len, mask_prob
         self.mask_id = n_items + 1
-        self.pos = nn.Embedding(max_len, hidden)
-        self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(hidden, n_heads, inner, dropout) for _ in range(n_layers))
-        self.ln = nn.LayerNorm(hidden)
+        self.encoder = SequenceEncoder(max_len, hidden, n_layers, n_heads, inner, dropout, causal=False)
         self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden))
         init_weights(self)
         self.items = ItemEmbedding(n_items, hidden, init=item_init, freeze=freeze_init, extra_rows=1)
@@ -46,16 +43,7 @@ class BERT4Rec(nn.Module):
     def forward(self, seq: torch.Tensor, return_attention: bool = False):
         """``seq`` [B, L] left-padded ids (may contain [MASK]) -> hidden states [B, L, hidden]."""
         seq = seq[:, -self.max_len:]
-        # positions count from the right end, so a shorter (unpadded) input is read exactly
-        # like the same input left-padded to max_len
-        positions = torch.arange(self.max_len - seq.size(1), self.max_len, device=seq.device)
-        x = self.drop(self.items(seq) + self.pos(positions))
-        allowed = attention_mask(seq, causal=False)
-        maps = []
-        for block in self.blocks:
-            x, att = block(x, allowed)
-            maps.append(att)
-        x = self.ln(x)
+        x, maps = self.encoder(self.items(seq), seq)
         return (x, maps) if return_attention else x
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:

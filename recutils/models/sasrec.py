@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recutils.models.embedding import ItemEmbedding
-from recutils.models.transformer import Block, attention_mask, init_weights
+from recutils.models.transformer import SequenceEncoder, init_weights
 
 
 class SASRec(nn.Module):
@@ -35,10 +35,7 @@ class SASRec(nn.Module):
         if loss not in ("ce", "bce"):
             raise ValueError(f"loss must be 'ce' or 'bce', got {loss!r}")
         self.n_items, self.max_len, self.loss_type = n_items, max_len, loss
-        self.pos = nn.Embedding(max_len, hidden)
-        self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(hidden, n_heads, inner, dropout) for _ in range(n_layers))
-        self.ln = nn.LayerNorm(hidden)
+        self.encoder = SequenceEncoder(max_len, hidden, n_layers, n_heads, inner, dropout, causal=True)
         init_weights(self)
         # after init_weights, so a given initialisation is not overwritten
         self.items = ItemEmbedding(n_items, hidden, init=item_init, freeze=freeze_init)
@@ -46,17 +43,7 @@ class SASRec(nn.Module):
     def forward(self, seq: torch.Tensor, return_attention: bool = False):
         """``seq`` [B, L] left-padded item ids -> hidden states [B, L, hidden] (+ attention maps)."""
         seq = seq[:, -self.max_len:]
-        # positions count from the right end, so a shorter (unpadded) input is read exactly
-        # like the same input left-padded to max_len
-        positions = torch.arange(self.max_len - seq.size(1), self.max_len, device=seq.device)
-        x = self.drop(self.items(seq) + self.pos(positions))
-        x = x * (seq > 0).unsqueeze(-1)
-        allowed = attention_mask(seq, causal=True)
-        maps = []
-        for block in self.blocks:
-            x, att = block(x, allowed)
-            maps.append(att)
-        x = self.ln(x)
+        x, maps = self.encoder(self.items(seq), seq)
         return (x, maps) if return_attention else x
 
     def score(self, seq: torch.Tensor) -> torch.Tensor:

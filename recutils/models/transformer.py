@@ -51,6 +51,37 @@ class Block(nn.Module):
         return x + self.ffn(self.ln2(x)), att
 
 
+class SequenceEncoder(nn.Module):
+    """Position embeddings, dropout, a stack of :class:`Block` and a final LayerNorm.
+
+    Shared by SASRec (``causal=True``) and BERT4Rec (``causal=False``); the item vectors
+    come from the model's own item table. Positions count from the right end, so a shorter
+    (unpadded) input is read exactly like the same input left-padded to ``max_len``.
+    """
+
+    def __init__(self, max_len: int, hidden: int, n_layers: int, n_heads: int, inner: int,
+                 dropout: float, causal: bool) -> None:
+        super().__init__()
+        self.max_len, self.causal = max_len, causal
+        self.pos = nn.Embedding(max_len, hidden)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(hidden, n_heads, inner, dropout) for _ in range(n_layers))
+        self.ln = nn.LayerNorm(hidden)
+
+    def forward(self, item_vectors: torch.Tensor, seq: torch.Tensor,
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``item_vectors`` [B, L, H] of the ids ``seq`` [B, L] -> (hidden [B, L, H], attention maps)."""
+        positions = torch.arange(self.max_len - seq.size(1), self.max_len, device=seq.device)
+        x = self.drop(item_vectors + self.pos(positions))
+        x = x * (seq > 0).unsqueeze(-1)
+        allowed = attention_mask(seq, causal=self.causal)
+        maps = []
+        for block in self.blocks:
+            x, att = block(x, allowed)
+            maps.append(att)
+        return self.ln(x), maps
+
+
 def attention_mask(seq: torch.Tensor, causal: bool) -> torch.Tensor:
     """Boolean [B, 1, L, L]: which key each query may attend to (padding id 0 is never a key).
 
