@@ -56,6 +56,15 @@ def _interactions_frame(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def _lines(path: str | Path, encoding: str = "latin-1") -> Iterator[str]:
+    """Non-empty lines of a text file, without their line ending (GroupLens files are latin-1)."""
+    with open(path, encoding=encoding) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if line:
+                yield line
+
+
 def split_title_year(title: str) -> tuple[str, int | None]:
     """'Toy Story (1995)' -> ('Toy Story', 1995); titles without a year are kept whole."""
     m = _YEAR_IN_TITLE.search(title)
@@ -75,20 +84,16 @@ def parse_ml100k_udata(path: str | Path) -> pd.DataFrame:
 def parse_ml100k_uitem(path: str | Path) -> pd.DataFrame:
     """GroupLens ``u.item``: ``|``-separated latin-1, 5 fields then 19 genre flags."""
     rows = []
-    with open(path, encoding="latin-1") as f:
-        for line in f:
-            line = line.rstrip("\n")
-            if not line:
-                continue
-            parts = line.split("|")
-            if len(parts) != 5 + len(ML100K_GENRES):
-                raise ValueError(f"{path}: expected 24 '|'-separated fields, got {len(parts)}: {line!r}")
-            title, year = split_title_year(parts[1])
-            if year is None and parts[2][-4:].isdigit():
-                year = int(parts[2][-4:])  # release date like 01-Jan-1995
-            genres = [g for g, flag in zip(ML100K_GENRES, parts[5:]) if flag == "1"]
-            rows.append({"item": parts[0], "title": title, "year": year, "genres": genres,
-                         "description": "", "brand": ""})
+    for line in _lines(path):
+        parts = line.split("|")
+        if len(parts) != 5 + len(ML100K_GENRES):
+            raise ValueError(f"{path}: expected 24 '|'-separated fields, got {len(parts)}: {line!r}")
+        title, year = split_title_year(parts[1])
+        if year is None and parts[2][-4:].isdigit():
+            year = int(parts[2][-4:])  # release date like 01-Jan-1995
+        genres = [g for g, flag in zip(ML100K_GENRES, parts[5:]) if flag == "1"]
+        rows.append({"item": parts[0], "title": title, "year": year, "genres": genres,
+                     "description": "", "brand": ""})
     return _items_frame(rows)
 
 
@@ -120,27 +125,18 @@ def parse_recbole_ml100k(inter_path: str | Path, item_path: str | Path) -> tuple
 
 def parse_ml1m_ratings(path: str | Path) -> pd.DataFrame:
     """GroupLens ml-1m ``ratings.dat``: ``UserID::MovieID::Rating::Timestamp``."""
-    rows = []
-    with open(path, encoding="latin-1") as f:
-        for line in f:
-            if line.strip():
-                rows.append(line.rstrip("\n").split("::"))
-    df = pd.DataFrame(rows, columns=INTERACTION_COLUMNS)
+    df = pd.DataFrame([line.split("::") for line in _lines(path)], columns=INTERACTION_COLUMNS)
     return _interactions_frame(df)
 
 
 def parse_ml1m_movies(path: str | Path) -> pd.DataFrame:
     """GroupLens ml-1m ``movies.dat``: ``MovieID::Title (Year)::Genre|Genre``, latin-1."""
     rows = []
-    with open(path, encoding="latin-1") as f:
-        for line in f:
-            line = line.rstrip("\n")
-            if not line:
-                continue
-            item, title, genres = line.split("::")
-            title, year = split_title_year(title)
-            rows.append({"item": item, "title": title, "year": year,
-                         "genres": genres.split("|") if genres else [], "description": "", "brand": ""})
+    for line in _lines(path):
+        item, title, genres = line.split("::")
+        title, year = split_title_year(title)
+        rows.append({"item": item, "title": title, "year": year,
+                     "genres": genres.split("|") if genres else [], "description": "", "brand": ""})
     return _items_frame(rows)
 
 
