@@ -149,16 +149,21 @@ def _open_text(path: str | Path) -> io.TextIOBase:
     return open(path, encoding="utf-8")
 
 
-def _json_lines(path: str | Path) -> Iterator[dict]:
+def _parsed_lines(path: str | Path, parse, errors: tuple[type[Exception], ...], what: str) -> Iterator:
+    """``parse`` applied to every non-empty line; a bad line is reported with its number."""
     with _open_text(path) as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
             if not line:
                 continue
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {n}: not valid JSON ({e})") from e
+                yield parse(line)
+            except errors as e:
+                raise ValueError(f"{path}, line {n}: not {what} ({e})") from e
+
+
+def _json_lines(path: str | Path) -> Iterator[dict]:
+    return _parsed_lines(path, json.loads, (json.JSONDecodeError,), "valid JSON")
 
 
 def parse_amazon_reviews(path: str | Path) -> pd.DataFrame:
@@ -199,18 +204,11 @@ def parse_amazon2014_meta(path: str | Path) -> pd.DataFrame:
     department name every item shares), becomes ``genres``.
     """
     rows = []
-    with _open_text(path) as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = ast.literal_eval(line)
-            except (ValueError, SyntaxError) as e:
-                raise ValueError(f"{path}, line {n}: not a Python literal ({e})") from e
-            cats = rec.get("categories") or [[]]
-            path0 = [_clean_text(c) for c in cats[0]]
-            rows.append(_amazon_item(rec, path0[1:] if len(path0) > 1 else path0))
+    # ast.literal_eval reads literals only: a line holding code is an error, never executed
+    for rec in _parsed_lines(path, ast.literal_eval, (ValueError, SyntaxError), "a Python literal"):
+        cats = rec.get("categories") or [[]]
+        path0 = [_clean_text(c) for c in cats[0]]
+        rows.append(_amazon_item(rec, path0[1:] if len(path0) > 1 else path0))
     return _items_frame(rows)
 
 
