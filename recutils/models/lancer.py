@@ -1,0 +1,462 @@
+"""LANCER: LANguage modeling for Content-Enriched Recommendation (Jiang et al., 2023).
+
+A frozen causal LM learns domain knowledge through a trainable prefix (the *knowledge prompt*,
+eq. 1-4), an attention layer mixes that knowledge with the user's history into a per-user
+prefix (the *reasoning prompt*, eq. 5), the LM generates the next title with beam search
+(eq. 6-7), and every generated text is mapped to a catalogue item by the cosine similarity
+of max-pooled token embeddings (eq. 8-9).
+
+Pieces (all prefixes are per-layer key/value pairs handed to the LM as a ``DynamicCache``):
+
+* :class:`PrefixEncoder`: ``n`` virtual tokens -> ``Emb`` -> MLP (Linear, Tanh, Linear) ->
+  one key and one value per layer and virtual token (eq. 1-2);
+* :class:`ReasoningPrompt`: the history item representations ``H`` are the queries, the
+  knowledge tokens ``Emb(s)`` the keys and values; ``tanh(W_r A + b_r)`` (eq. 5, plus a
+  residual from the query, our choice) is expanded by an MLP into one prefix slot per
+  history item;
+* :class:`LANCER`: the LM forward under a prefix, the LM loss on completion tokens only
+  (padding and prompt excluded), the item representation ``h_i`` (last-layer hidden state
+  at the last *real* token of the item text under the knowledge prefix: not the embedding
+  layer and not a padding position, which is the public code's bug), and a beam search
+  that shares one prompt pre-fill between the beams.
+
+Defaults (commented where they differ from the public code): 20 knowledge tokens, MLP
+width 256, attention width 256, dropout 0.2 on the prefixes, one SmolLM2 copy shared by
+the knowledge and reasoning roles (the public code holds two GPT-2 copies; the knowledge
+role is the frozen LM, the reasoning role adds LoRA in stage 2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from recutils.data.text import readable_title
+
+# --- text -----------------------------------------------------------------------------------
+
+ARROW = " ->"
+PROMPT_HEAD = "A user watched the following movies :"
+PROMPT_TAIL = " ... now the user may want to watch :"
+
+
+def item_title(title: str) -> str:
+    """The title the LM learns to write: the readable form ("The Usual Suspects")."""
+    return readable_title(title).strip()
+
+
+def knowledge_prompt(title: str, year, genres: Sequence[str], description: str = "",
+                     max_desc_words: int = 24) -> tuple[str, str]:
+    """(prompt, completion) for knowledge training: content text -> the title (eq. 4).
+
+    ``"{description} : year : {year} : genres : {genres} : title :"`` then ``" {title}"``;
+    empty fields are left out (ML-100k has no description).
+    """
+    parts = []
+    if description:
+        parts.append(" ".join(description.split()[:max_desc_words]))
+    if year is not None and not (isinstance(year, float) and math.isnan(year)) and str(year) != "<NA>":
+        parts.append(f"year : {int(year)}")
+    if len(genres):
+        parts.append("genres : " + ", ".join(genres))
+    return " : ".join(parts + ["title :"]), " " + item_title(title)
+
+
+def history_prompt(titles: Sequence[str], genres: Sequence[Sequence[str]], max_genres: int = 2,
+                   ) -> str:
+    """The reasoning input: ``"A user watched ... : genres : title -> ... now the user may want to watch :"``."""
+    if len(titles) != len(genres):
+        raise ValueError(f"{len(titles)} titles but {len(genres)} genre lists")
+    steps = [f" {'/'.join(list(g)[:max_genres]) or 'unknown'} : {item_title(t)}"
+             for t, g in zip(titles, genres)]
+    return PROMPT_HEAD + ARROW.join(steps) + PROMPT_TAIL
+
+
+def first_item(text: str) -> str:
+    """Keep the first generated item of a beam (the text before any ``->``)."""
+    return text.split("->")[0].split("\n")[0].strip(" :.")
+
+
+# --- prefixes as per-layer key/value pairs -------------------------------------------------------
+
+def kv_shape(config) -> tuple[int, int, int]:
+    """(layers, key/value heads, head dim) of a causal LM config (Llama, GPT-2, ...)."""
+    layers = config.num_hidden_layers
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return layers, kv_heads, head_dim
+
+
+def split_layers(flat: torch.Tensor, config) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """[B, P, 2 * layers * kv_heads * head_dim] -> per layer (key, value), each [B, kv_heads, P, head_dim]."""
+    layers, kv_heads, head_dim = kv_shape(config)
+    b, p, width = flat.shape
+    if width != 2 * layers * kv_heads * head_dim:
+        raise ValueError(f"prefix width {width} does not match 2 x {layers} layers x {kv_heads} "
+                         f"heads x {head_dim}")
+    x = flat.view(b, p, layers, 2, kv_heads, head_dim).permute(2, 3, 0, 4, 1, 5)
+    return [(x[layer, 0], x[layer, 1]) for layer in range(layers)]
+
+
+def make_cache(flat: torch.Tensor, config):
+    """A ``DynamicCache`` holding the prefix (fresh for every forward: the LM appends to it)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=config)
+    for layer, (k, v) in enumerate(split_layers(flat, config)):
+        cache.update(k.contiguous(), v.contiguous(), layer)
+    return cache
+
+
+class PrefixEncoder(nn.Module):
+    """Knowledge prompt (eq. 1): ``n`` virtual tokens -> Emb -> MLP -> per-layer key/value pairs."""
+
+    def __init__(self, config, n_tokens: int = 20, mlp_hidden: int = 256, dropout: float = 0.2) -> None:
+        super().__init__()
+        layers, kv_heads, head_dim = kv_shape(config)
+        self.n_tokens = n_tokens
+        self.embedding = nn.Embedding(n_tokens, config.hidden_size)  # Emb(s^(k))
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        self.mlp = nn.Sequential(nn.Linear(config.hidden_size, mlp_hidden), nn.Tanh(),
+                                 nn.Linear(mlp_hidden, 2 * layers * kv_heads * head_dim))
+        self.dropout = nn.Dropout(dropout)
+
+    def tokens(self) -> torch.Tensor:
+        """The knowledge token embeddings [n, hidden] (keys and values of the reasoning attention)."""
+        return self.embedding.weight
+
+    def forward(self, batch_size: int) -> torch.Tensor:
+        """[batch_size, n, 2 * layers * kv_heads * head_dim]."""
+        flat = self.dropout(self.mlp(self.embedding.weight))
+        return flat.unsqueeze(0).expand(batch_size, -1, -1)
+
+
+class ReasoningPrompt(nn.Module):
+    """Reasoning prompt (eq. 5): history representations attend to the knowledge tokens.
+
+    Queries ``W_q H`` (one per history item), keys ``W_k E`` and values ``W_v E`` from the
+    knowledge token embeddings ``E``; ``A = softmax(QK^T / sqrt(d)) V``;
+    ``psi = tanh(W_r (A + Q) + b_r)`` (the ``+ Q`` residual is ours: without it every slot is
+    a mixture of the same ``n`` vectors), then an MLP gives each history item one prefix
+    key/value slot for every layer.
+    """
+
+    def __init__(self, config, attn_dim: int = 256, mlp_hidden: int = 256, dropout: float = 0.2,
+                 ) -> None:
+        super().__init__()
+        layers, kv_heads, head_dim = kv_shape(config)
+        d = config.hidden_size
+        self.q, self.k, self.v = nn.Linear(d, attn_dim), nn.Linear(d, attn_dim), nn.Linear(d, attn_dim)
+        self.norm = nn.LayerNorm(d)  # h_i of a 30-layer LM has a large norm
+        self.r = nn.Linear(attn_dim, mlp_hidden)  # W_r, b_r
+        self.out = nn.Linear(mlp_hidden, 2 * layers * kv_heads * head_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, history: torch.Tensor, knowledge: torch.Tensor,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """history [B, N, d], knowledge [n, d] -> (prefix [B, N, width], attention [B, N, n])."""
+        q = self.q(self.norm(history))
+        k, v = self.k(knowledge), self.v(knowledge)
+        attn = torch.softmax(q @ k.T / math.sqrt(q.shape[-1]), dim=-1)
+        psi = torch.tanh(self.r(attn @ v + q))
+        return self.dropout(self.out(psi)), attn
+
+
+# --- the model ------------------------------------------------------------------------------
+
+class LANCER(nn.Module):
+    """Knowledge prompt + reasoning prompt around a causal LM (frozen unless LoRA is added).
+
+    ``use_knowledge=False`` and ``use_reasoning=False`` give the paper's two ablations: the
+    first drops the knowledge-trained prefix (the prefix of the reasoning LM starts from
+    scratch and the item representations come from the LM without a prefix), the second
+    drops the per-user reasoning slots (one shared prefix for everybody).
+    """
+
+    def __init__(self, lm, tokenizer, n_prefix: int = 20, mlp_hidden: int = 256,
+                 attn_dim: int = 256, dropout: float = 0.2, use_knowledge: bool = True,
+                 use_reasoning: bool = True) -> None:
+        super().__init__()
+        self.lm, self.tokenizer = lm, tokenizer
+        for p in lm.parameters():
+            p.requires_grad_(False)
+        self.config = lm.config
+        self.knowledge = PrefixEncoder(lm.config, n_prefix, mlp_hidden, dropout)
+        self.reasoning = ReasoningPrompt(lm.config, attn_dim, mlp_hidden, dropout)
+        self.use_knowledge, self.use_reasoning = use_knowledge, use_reasoning
+        self.register_buffer("item_reps", torch.zeros(0), persistent=False)
+
+    # --- LM under a prefix ------------------------------------------------------------------
+    def _run(self, input_ids, attention_mask, prefix, prefix_mask, cache=None):
+        """Base-model forward of text tokens after a prefix; returns (hidden [B, L, d], cache)."""
+        full_mask = torch.cat([prefix_mask, attention_mask], dim=1)
+        pos = (full_mask.cumsum(1) - 1).clamp(min=0)[:, prefix.shape[1]:]
+        if cache is None:
+            cache = make_cache(prefix, self.config)
+        out = self.lm.base_model(input_ids=input_ids, attention_mask=full_mask, position_ids=pos,
+                                 past_key_values=cache, use_cache=True)
+        return out.last_hidden_state, out.past_key_values
+
+    def lm_loss(self, batch: dict, prefix: torch.Tensor, prefix_mask: torch.Tensor) -> torch.Tensor:
+        """Mean next-token NLL over completion tokens (labels != -100): padding never counts."""
+        hidden, _ = self._run(batch["input_ids"], batch["attention_mask"], prefix, prefix_mask)
+        labels = batch["labels"][:, 1:]
+        keep = labels != -100
+        if not keep.any():
+            raise ValueError("no completion token in the batch: every label is -100")
+        logits = self.lm.get_output_embeddings()(hidden[:, :-1][keep])
+        return F.cross_entropy(logits.float(), labels[keep])
+
+    def knowledge_prefix(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        prefix = self.knowledge(batch_size)
+        return prefix, torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
+
+    def user_prefix(self, history_reps: torch.Tensor, history_mask: torch.Tensor,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The reasoning LM's prefix for a batch of users: [knowledge tokens ; one slot per history item].
+
+        ``history_reps`` [B, N, d] (left-padded), ``history_mask`` [B, N]. Returns (prefix,
+        prefix mask, reasoning attention [B, N, n] or None).
+        """
+        b = history_reps.shape[0]
+        parts, masks, attn = [], [], None
+        k_prefix, k_mask = self.knowledge_prefix(b)
+        parts.append(k_prefix)
+        masks.append(k_mask)
+        if self.use_reasoning:
+            slots, attn = self.reasoning(history_reps, self.knowledge.tokens())
+            parts.append(slots)
+            masks.append(history_mask.long())
+        return torch.cat(parts, 1), torch.cat(masks, 1), attn
+
+    # --- item representations h_i (eq. 3) ----------------------------------------------------
+    @torch.no_grad()
+    def encode_items(self, texts: list[str], batch_size: int = 32, with_prefix: bool = True,
+                     progress: bool = False) -> torch.Tensor:
+        """h_i: last-layer hidden state at the last real token of each item text [n, d].
+
+        Texts are left-padded, so the last real token is the last position; the prefix is the
+        knowledge prompt (``with_prefix``) or nothing (the no-knowledge ablation).
+        """
+        from tqdm.auto import tqdm
+
+        was = self.training
+        self.eval()
+        dev = self.knowledge.embedding.weight.device
+        out = []
+        for s in tqdm(range(0, len(texts), batch_size), desc="h_i", disable=not progress):
+            enc = self.tokenizer(texts[s:s + batch_size], return_tensors="pt", padding=True,
+                                 add_special_tokens=False).to(dev)
+            if self.tokenizer.padding_side != "left":
+                raise ValueError("encode_items needs a left-padding tokenizer")
+            if with_prefix:
+                prefix, pmask = self.knowledge_prefix(enc["input_ids"].shape[0])
+            else:
+                prefix = torch.zeros(enc["input_ids"].shape[0], 0, self.knowledge.mlp[-1].out_features,
+                                     device=dev)
+                pmask = torch.zeros(prefix.shape[:2], dtype=torch.long, device=dev)
+            hidden, _ = self._run(enc["input_ids"], enc["attention_mask"], prefix, pmask)
+            out.append(hidden[:, -1].float())
+        self.train(was)
+        return torch.cat(out)
+
+    # --- reasoning: loss and generation ----------------------------------------------------------
+    def reasoning_loss(self, batch: dict) -> torch.Tensor:
+        """LM loss of the next title given the history prompt and the user's prefix."""
+        prefix, pmask, _ = self.user_prefix(batch["history_reps"], batch["history_mask"])
+        return self.lm_loss(batch, prefix, pmask)
+
+    @torch.no_grad()
+    def beam_search(self, batch: dict, num_beams: int = 10, max_new_tokens: int = 16,
+                    length_penalty: float = 1.0) -> list[list[str]]:
+        """Beam search (eq. 6-7) under each user's prefix; ``num_beams`` texts per user, best first.
+
+        The prompt is pre-filled once per user and the cache copied to the beams. Finished
+        beams (end-of-text) keep their score; the final order is by log-probability divided by
+        length ** ``length_penalty`` (Hugging Face's convention).
+        """
+        self.eval()
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        b, w = ids.shape[0], num_beams
+        eos = self.tokenizer.eos_token_id
+        prefix, pmask, _ = self.user_prefix(batch["history_reps"], batch["history_mask"])
+        hidden, cache = self._run(ids, mask, prefix, pmask)
+        logp = torch.log_softmax(self.lm.get_output_embeddings()(hidden[:, -1]).float(), -1)
+        vocab = logp.shape[-1]
+        scores, tokens = logp.topk(w, dim=-1)                                   # [B, w]
+        seqs = tokens.reshape(b * w, 1)
+        scores = scores.reshape(b * w)
+        done = seqs[:, -1] == eos
+        lengths = torch.ones(b * w, device=ids.device)
+        cache.batch_repeat_interleave(w)
+        full_mask = torch.cat([pmask, mask], 1).repeat_interleave(w, 0)
+        last_pos = (full_mask.cumsum(1) - 1)[:, -1]
+        for step in range(1, max_new_tokens):
+            if bool(done.all()):
+                break
+            full_mask = torch.cat([full_mask, torch.ones_like(full_mask[:, :1])], 1)
+            out = self.lm.base_model(input_ids=seqs[:, -1:], attention_mask=full_mask,
+                                     position_ids=(last_pos + step).unsqueeze(1),
+                                     past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            logp = torch.log_softmax(
+                self.lm.get_output_embeddings()(out.last_hidden_state[:, -1]).float(), -1)
+            frozen = torch.full_like(logp, float("-inf"))
+            frozen[:, eos] = 0.0
+            logp = torch.where(done.unsqueeze(1), frozen, logp)
+            cand = (scores.unsqueeze(1) + logp).view(b, w * vocab)
+            top, idx = cand.topk(w, dim=-1)
+            beam = (idx // vocab) + torch.arange(b, device=ids.device).unsqueeze(1) * w
+            beam, tok = beam.reshape(-1), (idx % vocab).reshape(-1)
+            cache.reorder_cache(beam)
+            lengths = lengths[beam] + (~done[beam]).float()
+            done = done[beam] | (tok == eos)
+            seqs = torch.cat([seqs[beam], tok.unsqueeze(1)], 1)
+            scores = top.reshape(-1)
+        final = (scores / lengths.pow(length_penalty)).view(b, w)
+        order = final.argsort(dim=1, descending=True)
+        texts = self.tokenizer.batch_decode(seqs, skip_special_tokens=True)
+        return [[texts[u * w + int(j)].strip() for j in order[u]] for u in range(b)]
+
+
+# --- batches ----------------------------------------------------------------------------------
+
+def reasoning_batch(tokenizer, item_reps: torch.Tensor, histories: Sequence[Sequence[int]],
+                    titles: Sequence[str], genres: Sequence[Sequence[str]],
+                    targets: Sequence[int] | None = None, max_items: int = 10,
+                    max_slots: int | None = None, max_length: int = 256) -> dict[str, torch.Tensor]:
+    """Tokenised reasoning examples plus the history representations.
+
+    ``histories`` hold item ids (index into ``titles``/``genres``/``item_reps``); with
+    ``targets`` the batch has labels (the target title and end-of-text), without them it is
+    a generation batch (prompts only). The prompt text lists the last ``max_items`` items;
+    the representations (the reasoning prompt's queries) cover the last ``max_slots`` of
+    them (all when None), left-padded to the longest history of the batch.
+    """
+    from recutils.lm import completion_batch
+
+    hists = [list(h)[-max_items:] for h in histories]
+    if any(len(h) == 0 for h in hists):
+        raise ValueError("every user needs at least one history item")
+    prompts = [history_prompt([titles[i] for i in h], [genres[i] for i in h]) for h in hists]
+    if targets is None:
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    else:
+        completions = [" " + item_title(titles[t]) + tokenizer.eos_token for t in targets]
+        batch = completion_batch(tokenizer, prompts, completions, max_length=max_length)
+    if max_slots is not None:
+        hists = [h[-max_slots:] for h in hists]
+    n = max(len(h) for h in hists)
+    reps = torch.zeros(len(hists), n, item_reps.shape[1])
+    hmask = torch.zeros(len(hists), n, dtype=torch.long)
+    for row, h in enumerate(hists):
+        reps[row, n - len(h):] = item_reps[torch.as_tensor(h)]
+        hmask[row, n - len(h):] = 1
+    batch["history_reps"], batch["history_mask"] = reps, hmask
+    return batch
+
+
+# --- item mapping (eq. 8-9) ----------------------------------------------------------------------
+
+@torch.no_grad()
+def pooled_token_embeddings(texts: Sequence[str], tokenizer, embedding: nn.Embedding) -> np.ndarray:
+    """Max over the token embeddings of each text (eq. 8): [len(texts), d]; "" gives zeros."""
+    out = np.zeros((len(texts), embedding.weight.shape[1]), dtype=np.float32)
+    for row, t in enumerate(texts):
+        ids = tokenizer(" " + t.strip(), add_special_tokens=False)["input_ids"] if t.strip() else []
+        if ids:
+            e = embedding(torch.as_tensor(ids, device=embedding.weight.device)).float()
+            out[row] = e.max(0).values.cpu().numpy()
+    return out
+
+
+def map_generations(generations: Sequence[Sequence[str]], gen_emb: np.ndarray,
+                    item_emb: np.ndarray, k: int = 10, per_text: int = 10) -> list[list[int]]:
+    """Ranked item lists from beam outputs (eq. 9, duplicates removed).
+
+    ``gen_emb`` holds one row per generated text, users' texts in order (best beam first);
+    each text maps to its ``per_text`` nearest items by cosine similarity; the list takes
+    every text's nearest item first, then every text's second nearest, ... (no duplicates).
+    """
+    from recutils.mapping import nearest_items, rank_from_generations
+
+    nearest = nearest_items(gen_emb, item_emb, k=per_text)
+    out, row = [], 0
+    for texts in generations:
+        out.append(rank_from_generations(nearest[row:row + len(texts)], k))
+        row += len(texts)
+    if row != len(gen_emb):
+        raise ValueError(f"{len(gen_emb)} embeddings for {row} generated texts")
+    return out
+
+
+# --- training -----------------------------------------------------------------------------------
+
+def train_stage(model: nn.Module, batches, loss_fn, params: Sequence[nn.Parameter], epochs: int,
+                lr: float = 2e-4, valid_fn=None, device: torch.device | str = "cpu",
+                grad_clip: float = 1.0, desc: str = "train", progress: bool = True) -> dict:
+    """Adam with a linear decay (the paper's schedule) over ``params`` only.
+
+    ``batches(epoch)`` returns a list of batches (dicts of tensors); ``loss_fn(model, batch)``
+    a scalar. After each epoch ``valid_fn(model)`` (lower is better: a validation LM loss)
+    picks the best epoch; the trainable parameters of the best epoch are restored (epoch 0 =
+    before training counts too, so a stage that does not help is undone). Returns the
+    per-step losses, per-epoch validation values, the best epoch and the seconds spent.
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: no parameter with requires_grad=True")
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    plan = [batches(e) for e in range(epochs)]
+    total = max(1, sum(len(b) for b in plan))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total))
+    log = {"loss": [], "valid": [], "best_epoch": 0, "seconds": 0.0}
+    start = time.perf_counter()
+
+    def snapshot():
+        return [p.detach().clone() for p in params]
+
+    best, best_state = float("inf"), None
+    if valid_fn is not None:
+        best = float(valid_fn(model))
+        log["valid"].append(best)
+        best_state = snapshot()
+    bar = tqdm(total=total, desc=desc, disable=not progress)
+    for epoch, epoch_batches in enumerate(plan, start=1):
+        model.train()
+        for batch in epoch_batches:
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            loss = loss_fn(model, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            opt.step()
+            sched.step()
+            log["loss"].append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{log['loss'][-1]:.3f}")
+        if valid_fn is not None:
+            model.eval()
+            v = float(valid_fn(model))
+            log["valid"].append(v)
+            if v < best:
+                best, best_state, log["best_epoch"] = v, snapshot(), epoch
+    bar.close()
+    if best_state is not None:
+        with torch.no_grad():
+            for p, s in zip(params, best_state):
+                p.copy_(s)
+    model.eval()
+    log["seconds"] = time.perf_counter() - start
+    return log
