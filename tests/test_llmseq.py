@@ -13,6 +13,7 @@ from recutils.models.llmseq import (
     SEPARATOR,
     LLMSeqPrompt,
     LLMSeqSim,
+    clean_generation,
     llm2bertrec,
     llm2sasrec,
     pca_init,
@@ -163,3 +164,11 @@ def test_llmseqprompt_lora_learns_a_title_and_maps_generations(tiny_llama):
     assert ranked[0][:2] == [3, 4]            # exact title first, then the hallucination's nearest
     assert 4 not in ranked[1] and len(set(ranked[1])) == 3
     assert model.stats["hallucination_rate"] == pytest.approx(1 / 3)
+    assert model.map_to_items([["3. ef"]], [[1]], k=1) == [[3]]
+    assert model.stats["hallucination_rate"] == 0.0
+
+
+def test_clean_generation_only_drops_a_leading_list_number():
+    assert clean_generation(" 11. Heat (1995)") == "Heat (1995)"
+    assert clean_generation("2001: A Space Odyssey (1968)") == "2001: A Space Odyssey (1968)"
+    assert clean_generation("1. 1994") == "1994"

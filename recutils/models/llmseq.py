@@ -22,6 +22,7 @@ Defaults (the paper's in brackets)::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -161,6 +162,12 @@ def llm2bertrec(item_emb: np.ndarray, hidden: int = 64, std: float | None = 0.02
 # --- LLMSeqPrompt ----------------------------------------------------------------------------
 
 SEPARATOR = "\n\n###\n\n"  # ends every prompt (the paper's prompt/completion separator)
+_NUMBERING = re.compile(r"^\s*\d+\.\s+")
+
+
+def clean_generation(text: str) -> str:
+    """Drop a list number the LM may echo from the prompt ("11. Heat (1995)" -> "Heat (1995)")."""
+    return _NUMBERING.sub("", text.strip(), count=1).strip()
 
 
 def seq_prompt(titles: Sequence[str], max_items: int | None = 10) -> str:
@@ -236,12 +243,12 @@ class LLMSeqPrompt:
                      histories: Sequence[Sequence[int]], k: int = 20) -> list[list[int]]:
         """Ranked lists of ``k`` distinct unseen items from the generated texts.
 
-        Each text goes to its ``k`` nearest items by cosine similarity (seen items skipped);
+        Each text (without an echoed list number) goes to its ``k`` nearest items by cosine similarity (seen items skipped);
         lists are merged round by round, best beam first (:func:`rank_from_generations`).
         Also sets ``stats["hallucination_rate"]``: the share of generated texts that are not
         exactly (after normalisation) a catalogue title.
         """
-        flat = [t for g in generations for t in g]
+        flat = [clean_generation(t) for g in generations for t in g]
         emb = self.encode(flat) if flat else np.zeros((0, self.item_emb.shape[1]), np.float32)
         exact = [self.index.match(t) is not None for t in flat]
         self.stats["hallucination_rate"] = 1.0 - float(np.mean(exact)) if exact else float("nan")
