@@ -372,7 +372,9 @@ def build_genrec(n_users: int, n_items: int, tokenizer=None, backbone: str | Non
     """A :class:`GenRec` with a from-scratch BART (``backbone=None``) or a pretrained one.
 
     ``backbone`` (e.g. ``"facebook/bart-base"``) needs the Hugging Face hub; offline it
-    raises :class:`recutils.lm.ModelNotAvailableError`.
+    raises :class:`recutils.lm.ModelNotAvailableError`. ``config`` (``d_model``, ``layers``,
+    ``heads``, ``ffn``, ``dropout``, ``max_positions``) only shapes a from-scratch BART; a
+    pretrained backbone keeps its own sizes.
     """
     from transformers import BartForConditionalGeneration
 
