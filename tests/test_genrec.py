@@ -218,3 +218,33 @@ def test_encode_targets_pads_with_ignore():
     t = encode_targets(TOK, [5, 1234])
     assert t.shape == (2, 5)
     assert t[0].tolist()[-1] == IGNORE and t[1].tolist()[-1] == TOK.eos_token_id
+
+
+class StubBPE:
+    """A stand-in for BART's tokenizer: one token per character, a leading space its own token."""
+
+    bos_token_id, pad_token_id, eos_token_id, mask_token_id = 0, 1, 2, 3
+    all_special_ids = [0, 1, 2, 3]
+
+    def __len__(self):
+        return 4 + 128
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [4 + ord(c) for c in text]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(i - 4) for i in ids if i >= 4)
+
+
+def test_pretrained_tokenizer_wrapper_keeps_words_aligned():
+    from recutils.models.genrec import HFWordTokenizer
+
+    tok = HFWordTokenizer(StubBPE())
+    b = encode_inputs(tok, [6], [[12, 345]], append_mask=True)
+    words = tok.decode(b["input_ids"][0].tolist())
+    assert words == "user_6 item_12 item_345"                # later words carry a leading space
+    ids = b["item_ids"][0].tolist()
+    assert ids.count(12) == len(" item_12") and ids.count(345) == len(" item_345")
+    assert b["user_ids"][0].tolist().count(7) == len("user_6")
+    trie = ItemTrie(tok, [12, 345])
+    assert trie.item(tok.word_tokens("item_345", first=True) + [tok.eos_token_id]) == 345
