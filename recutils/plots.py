@@ -129,7 +129,7 @@ def attention_comparison(maps: dict[str, np.ndarray], boundaries: Sequence[int] 
             if k < len(item_names):
                 axes[-1, col].text((a + b - 1) / 2, n_heads + 1.5, f"{k + 1}: {item_names[k][:18]}",
                                    ha="center", va="top", fontsize=6, rotation=20)
-        axes[-1, col].set_xlabel("token (CLS first, then items, most recent first)", labelpad=22)
+        axes[-1, col].set_xlabel("token ([CLS], then items)", labelpad=22)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

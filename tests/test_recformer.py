@@ -188,6 +188,9 @@ def test_pca_init_matches_numpy():
         assert np.allclose(np.abs(table[1:, c].numpy()), np.abs(z[:, c]), atol=1e-6)
     with pytest.raises(ValueError):
         rf.pca_init(vectors, 7)
+    full = rf.pca_init(vectors, None, std=0.5)   # no reduction: centred and scaled only
+    assert full.shape == (21, 6) and (full[0] == 0).all()
+    assert np.allclose(full[1:].numpy(), x / x.std(ddof=1) * 0.5, atol=1e-6)
 
 
 def test_finetuning_learns_a_deterministic_next_item():

@@ -371,21 +371,25 @@ def strata_contrast(matrix: np.ndarray, strata: Sequence[Sequence[int]]) -> tupl
 
 # --- item tables for ID-based models ----------------------------------------------------------
 
-def pca_init(vectors: torch.Tensor | np.ndarray, dim: int, std: float = 0.02) -> torch.Tensor:
+def pca_init(vectors: torch.Tensor | np.ndarray, dim: int | None, std: float = 0.02) -> torch.Tensor:
     """An initial item table for SASRec/BERT4Rec from item vectors [n + 1, H] (row 0 = padding).
 
     Centres the real items, keeps their top ``dim`` principal components (Harte et al. use PCA
-    too) and scales the result to an overall standard deviation ``std`` (that of a random
-    init), so every source of vectors starts at the same scale. Row 0 stays zero.
+    too; ``dim=None`` keeps all H dimensions as they are) and scales the result to an overall
+    standard deviation ``std`` (that of a random init), so every source of vectors starts at
+    the same scale. Row 0 stays zero.
     """
     x = torch.as_tensor(np.asarray(vectors), dtype=torch.float64)[1:]
     x = x - x.mean(0)
-    if dim > min(x.shape):
+    if dim is None:
+        z = x
+    elif dim > min(x.shape):
         raise ValueError(f"cannot keep {dim} components of {tuple(x.shape)} vectors")
-    _, _, v = torch.linalg.svd(x, full_matrices=False)
-    z = x @ v[:dim].T
+    else:
+        _, _, v = torch.linalg.svd(x, full_matrices=False)
+        z = x @ v[:dim].T
     z = z / z.std() * std
-    return torch.cat([torch.zeros(1, dim, dtype=torch.float64), z]).float()
+    return torch.cat([torch.zeros(1, z.shape[1], dtype=torch.float64), z]).float()
 
 
 # --- checkpoints and the command line ---------------------------------------------------------
