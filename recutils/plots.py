@@ -137,17 +137,30 @@ def attention_comparison(maps: dict[str, np.ndarray], boundaries: Sequence[int] 
 
 
 def divergence_heatmaps(matrices: dict[str, np.ndarray], labels: Sequence[str] | None = None,
-                        title: str = "", cmap: str = "magma_r"):
-    """One heatmap per model of a (layer x layer) divergence matrix, values written in the cells."""
+                        title: str = "", cmap: str = "magma_r", block: int = 1):
+    """One heatmap per model of a (layer x layer) divergence matrix, values written in small cells.
+
+    With ``block`` > 1 (e.g. the heads per layer of a head x head matrix) the ticks mark
+    blocks of that size, labelled by block index, and thin lines separate them.
+    """
     names = list(matrices)
     vmax = max(float(np.max(m)) for m in matrices.values())
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
     for ax, name in zip(axes[0], names):
         m = np.asarray(matrices[name])
         im = ax.imshow(m, cmap=cmap, vmin=0, vmax=vmax)
-        ticks = labels or [str(i) for i in range(len(m))]
-        ax.set_xticks(range(len(m)), ticks)
-        ax.set_yticks(range(len(m)), ticks)
+        if block > 1:
+            centres = np.arange(block / 2 - 0.5, len(m), block)
+            ticks = labels or [str(i) for i in range(len(centres))]
+            ax.set_xticks(centres, ticks)
+            ax.set_yticks(centres, ticks)
+            for edge in np.arange(block - 0.5, len(m) - 1, block):
+                ax.axhline(edge, color="0.5", lw=0.4)
+                ax.axvline(edge, color="0.5", lw=0.4)
+        else:
+            ticks = labels or [str(i) for i in range(len(m))]
+            ax.set_xticks(range(len(m)), ticks)
+            ax.set_yticks(range(len(m)), ticks)
         if len(m) <= 12:
             for i in range(len(m)):
                 for j in range(len(m)):
