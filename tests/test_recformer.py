@@ -249,3 +249,21 @@ def test_checkpoint_loads_with_weights_only_and_the_cli_draws_maps(tmp_path):
     out = tmp_path / "maps.png"
     assert rf.main([str(path), "--user", "7", "--out", str(out)]) == 0
     assert out.exists() and out.stat().st_size > 1000
+
+
+def test_longformer_backbone_gives_cls_global_attention():
+    """At SCALE=paper the backbone is Longformer: [CLS] must see tokens beyond its local window."""
+    from transformers import LongformerConfig, LongformerModel
+    torch.manual_seed(0)
+    cfg = LongformerConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=130, attention_window=[4],
+                           pad_token_id=0, initializer_range=0.3)
+    model = rf.RecFormer(LongformerModel(cfg, add_pooling_layer=False).eval(), max_items=4)
+    items = [([], []), ([5, 6, 7], [1, 2, 2]), ([8, 9, 10], [1, 2, 2]), ([11, 12, 13], [1, 2, 2])]
+    b = rf.sequence_batch(items, [np.array([1, 2, 3])], CLS_ID, PAD_ID, 4)
+    far = b["input_ids"].clone()
+    far[0, -1] = 20      # the oldest item's last token, far outside the +-2 tokens [CLS] would see locally
+    with torch.no_grad():
+        cls, cls_far = model.encode(b), model.encode({**b, "input_ids": far})
+    assert cls.shape == (1, 16) and torch.isfinite(cls).all()
+    assert not torch.allclose(cls, cls_far, atol=1e-5)
