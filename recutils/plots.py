@@ -90,3 +90,102 @@ def attention_panels(attention: np.ndarray, boundaries: Sequence[int] = (),
     if title:
         fig.suptitle(title)
     return fig
+
+
+# --- notebook 05 ---
+
+def attention_comparison(maps: dict[str, np.ndarray], boundaries: Sequence[int] = (),
+                         item_names: Sequence[str] = (), title: str = "", cmap: str = "viridis",
+                         skip_first: bool = True):
+    """[CLS] attention of several models side by side (the layout of Fig. 1 of Qu et al.).
+
+    ``maps`` is {model name: [layers, heads, tokens]}; one column per model, one row per
+    layer, heads stacked vertically inside a panel, tokens along the horizontal axis.
+    ``boundaries`` are the token indices where items start (white lines); ``item_names``
+    label the items in that order. Each panel has its own colour scale (the 99th
+    percentile), so the pattern, not the absolute level, is compared; with ``skip_first``
+    that scale ignores token 0 ([CLS] attending to itself, often most of the mass), which
+    then shows saturated.
+    """
+    names = list(maps)
+    n_layers, n_heads, n_tokens = np.asarray(maps[names[0]]).shape
+    fig, axes = plt.subplots(n_layers, len(names), squeeze=False, sharex=True,
+                             figsize=(min(7.5, 1.5 + n_tokens * 0.09) * len(names), 0.6 + 0.9 * n_layers))
+    for col, name in enumerate(names):
+        att = np.asarray(maps[name], dtype=np.float64)
+        for layer in range(n_layers):
+            ax = axes[layer, col]
+            scale = att[layer][:, 1:] if skip_first and n_tokens > 1 else att[layer]
+            ax.imshow(att[layer], aspect="auto", cmap=cmap, vmin=0,
+                      vmax=max(np.quantile(scale, 0.99), 1e-9), interpolation="nearest")
+            for b in boundaries:
+                ax.axvline(b - 0.5, color="white", lw=1.0)
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(f"layer {layer}", rotation=0, ha="right", va="center", fontsize=8)
+        axes[0, col].set_title(name, fontsize=10)
+        ends = list(boundaries[1:]) + [n_tokens]
+        for k, (a, b) in enumerate(zip(boundaries, ends)):
+            if k < len(item_names):
+                axes[-1, col].text((a + b - 1) / 2, n_heads + 1.5, f"{k + 1}: {item_names[k][:18]}",
+                                   ha="center", va="top", fontsize=6, rotation=20)
+        axes[-1, col].set_xlabel("token ([CLS], then items)", labelpad=22)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def divergence_heatmaps(matrices: dict[str, np.ndarray], labels: Sequence[str] | None = None,
+                        title: str = "", cmap: str = "magma_r", block: int = 1):
+    """One heatmap per model of a (layer x layer) divergence matrix, values written in small cells.
+
+    With ``block`` > 1 (e.g. the heads per layer of a head x head matrix) the ticks mark
+    blocks of that size, labelled by block index, and thin lines separate them.
+    """
+    names = list(matrices)
+    vmax = max(float(np.max(m)) for m in matrices.values())
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        m = np.asarray(matrices[name])
+        im = ax.imshow(m, cmap=cmap, vmin=0, vmax=vmax)
+        if block > 1:
+            centres = np.arange(block / 2 - 0.5, len(m), block)
+            ticks = labels or [str(i) for i in range(len(centres))]
+            ax.set_xticks(centres, ticks)
+            ax.set_yticks(centres, ticks)
+            for edge in np.arange(block - 0.5, len(m) - 1, block):
+                ax.axhline(edge, color="0.5", lw=0.4)
+                ax.axvline(edge, color="0.5", lw=0.4)
+        else:
+            ticks = labels or [str(i) for i in range(len(m))]
+            ax.set_xticks(range(len(m)), ticks)
+            ax.set_yticks(range(len(m)), ticks)
+        if len(m) <= 12:
+            for i in range(len(m)):
+                for j in range(len(m)):
+                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if m[i, j] > vmax / 2 else "black")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("layer")
+    axes[0, 0].set_ylabel("layer")
+    fig.colorbar(im, ax=axes[0].tolist(), fraction=0.03, pad=0.02, label="JS divergence")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def position_profiles(profiles: dict[str, np.ndarray], ax=None, title: str = "",
+                      xlabel: str = "item position (1 = most recent)"):
+    """Lines of attention mass per item position (one per model), positions from 1."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.4))
+    for name, p in profiles.items():
+        p = np.asarray(p, dtype=np.float64)
+        ax.plot(np.arange(1, len(p) + 1), p, marker="o", ms=3, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("share of attention")
+    ax.set_title(title)
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
+    return ax

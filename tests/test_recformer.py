@@ -1,0 +1,269 @@
+"""RecFormer-style model: token/role/item-position alignment, attention extraction on a tiny
+random BERT (checked against a hand computation), divergences, layer freezing, PCA init,
+a tiny overfit, and the checkpoint + command line that redraw the attention maps."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from recutils.models import recformer as rf
+
+CLS_ID, PAD_ID, MASK_ID = 1, 0, 2
+
+
+class WordTokenizer:
+    """One id per whitespace-separated word (ids from 3 up), the HF call signature RecFormer uses."""
+
+    def __init__(self):
+        self.vocab = {}
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [self.vocab.setdefault(w, 3 + len(self.vocab)) for w in text.split()]}
+
+
+def tiny_bert(layers=3, heads=2, hidden=16, vocab=64, seed=0, init=0.02):
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                     intermediate_size=32, max_position_embeddings=128, attn_implementation="eager",
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=init)
+    return BertModel(cfg, add_pooling_layer=False).eval()
+
+
+ATTRS = [[], [("title", "a b"), ("genre", "x")], [("title", "c"), ("genre", "y z")], [("title", "d e f")]]
+
+
+def test_tokenize_items_roles_and_truncation():
+    tok = WordTokenizer()
+    items = rf.tokenize_items(tok, ATTRS, max_tokens=4)
+    assert items[0] == ([], [])
+    ids, roles = items[1]
+    assert roles == [rf.KEY, rf.VALUE, rf.VALUE, rf.KEY]  # "title a b genre" cut at 4 (x dropped)
+    assert ids[0] == tok.vocab["title"] and ids[3] == tok.vocab["genre"]
+    assert items[3][1] == [rf.KEY, rf.VALUE, rf.VALUE, rf.VALUE]
+
+
+def test_sequence_batch_puts_the_most_recent_item_first():
+    items = rf.tokenize_items(WordTokenizer(), ATTRS, max_tokens=8)
+    b = rf.sequence_batch(items, [np.array([1, 2, 3]), np.array([2])], CLS_ID, PAD_ID, max_items=2)
+    # user 0 keeps its last two items, 3 (newest) then 2; user 1 only item 2, then padding
+    len3, len2 = len(items[3][0]), len(items[2][0])
+    assert b["input_ids"].shape == (2, 1 + len3 + len2)
+    assert b["input_ids"][0].tolist() == [CLS_ID] + items[3][0] + items[2][0]
+    assert b["item_positions"][0].tolist() == [0] + [1] * len3 + [2] * len2
+    assert b["roles"][0].tolist() == [rf.CLS] + items[3][1] + items[2][1]
+    n1 = 1 + len2
+    assert b["attention_mask"][1].tolist() == [1] * n1 + [0] * (b["input_ids"].shape[1] - n1)
+    assert (b["roles"][1, n1:] == rf.PAD).all() and (b["item_positions"][1, n1:] == 0).all()
+    assert (b["input_ids"][1, n1:] == PAD_ID).all()
+    single = rf.item_batch(items, [3], CLS_ID, PAD_ID)
+    assert single["item_positions"][0].tolist() == [0] + [1] * len3
+
+
+def test_untrained_model_is_the_backbone_and_extra_embeddings_matter_after_training():
+    bert = tiny_bert()
+    model = rf.RecFormer(bert, max_items=4).eval()
+    items = rf.tokenize_items(WordTokenizer(), ATTRS, 8)
+    b = rf.sequence_batch(items, [np.array([1, 2, 3])], CLS_ID, PAD_ID, 4)
+    with torch.no_grad():
+        ref = bert(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+        assert torch.allclose(model(b), ref, atol=1e-6)
+        model.item_positions.weight[2] += torch.randn(16)  # (a constant shift would vanish in LayerNorm)
+        assert not torch.allclose(model.encode(b), ref[:, 0], atol=1e-4)
+
+
+def test_cls_attention_matches_a_hand_computation():
+    bert = tiny_bert(layers=2, heads=2, hidden=8)
+    bert.set_attn_implementation("sdpa")
+    model = rf.RecFormer(bert, max_items=4)
+    with torch.no_grad():
+        model.roles.weight.normal_(0, 0.5)
+        model.item_positions.weight.normal_(0, 0.5)
+    items = rf.tokenize_items(WordTokenizer(), ATTRS, 8)
+    b = rf.sequence_batch(items, [np.array([1, 2, 3]), np.array([1])], CLS_ID, PAD_ID, 4)
+    att = rf.cls_attention(model, b)
+    assert att.shape == (2, 2, 2, b["input_ids"].shape[1])
+    assert bert.config._attn_implementation == "sdpa", "the backbone's attention is restored"
+    real = b["attention_mask"].bool()
+    assert torch.allclose(att.sum(-1), torch.ones(2, 2, 2), atol=1e-5)
+    assert (att[1][:, :, ~real[1]] == 0).all(), "padding gets no attention"
+    # layer 0 by hand: embeddings -> q, k -> masked softmax of the [CLS] row
+    with torch.no_grad():
+        x = (bert.embeddings.word_embeddings(b["input_ids"]) + model.roles(b["roles"])
+             + model.item_positions(b["item_positions"]))
+        h = bert.embeddings(inputs_embeds=x)
+        sa = bert.encoder.layer[0].attention.self
+        q, k = sa.query(h), sa.key(h)
+        d = 8 // 2
+        for head in range(2):
+            qh, kh = q[..., head * d:(head + 1) * d], k[..., head * d:(head + 1) * d]
+            logits = (qh[:, 0:1] @ kh.transpose(1, 2)).squeeze(1) / math.sqrt(d)
+            logits = logits.masked_fill(~real, float("-inf"))
+            assert torch.allclose(att[:, 0, head], logits.softmax(-1), atol=1e-5)
+
+
+def test_attention_per_item_sums_each_items_tokens():
+    att = torch.tensor([[0.1, 0.2, 0.3, 0.15, 0.25, 0.0]])           # [B=1, T=6]
+    pos = torch.tensor([[0, 1, 1, 2, 2, 0]])
+    out = rf.attention_per_item(att, pos, max_items=3)
+    assert torch.allclose(out, torch.tensor([[0.1, 0.5, 0.4, 0.0]]))
+    many = rf.attention_per_item(att[:, None, None].expand(1, 2, 3, 6), pos, 3)  # [B, L, H, T]
+    assert many.shape == (1, 2, 3, 4) and torch.allclose(many[0, 1, 2], out[0])
+
+
+def test_js_divergence_and_divergence_matrix():
+    p = torch.tensor([0.5, 0.5, 0.0])
+    q = torch.tensor([0.0, 0.0, 1.0])
+    assert rf.js_divergence(p, p).item() == pytest.approx(0.0, abs=1e-9)
+    assert rf.js_divergence(p, q).item() == pytest.approx(math.log(2), abs=1e-6)
+    r = torch.tensor([0.25, 0.25, 0.5])
+    # independent: scipy-free closed form with natural logs
+    m = (p + r) / 2
+    expected = 0.5 * sum(a * math.log(a / c) for a, c in zip(p.tolist(), m.tolist()) if a > 0) \
+        + 0.5 * sum(a * math.log(a / c) for a, c in zip(r.tolist(), m.tolist()) if a > 0)
+    assert rf.js_divergence(p, r).item() == pytest.approx(expected, rel=1e-5)
+    dists = torch.stack([p, q, r])[None].expand(4, 3, 3)
+    mat = rf.divergence_matrix(dists)
+    assert mat.shape == (3, 3) and torch.allclose(mat, mat.T) and torch.allclose(mat.diagonal(), torch.zeros(3), atol=1e-9)
+    within, between = rf.strata_contrast(np.array([[0, 1, 5, 5], [1, 0, 5, 5], [5, 5, 0, 2], [5, 5, 2, 0]]),
+                                         [[0, 1], [2, 3]])
+    assert (within, between) == (1.5, 5.0)
+
+
+def test_contrastive_loss_by_hand_and_duplicate_targets_are_not_negatives():
+    torch.manual_seed(0)
+    users, items = torch.randn(3, 4), torch.randn(3, 4)
+    t = 0.5
+    loss = rf.contrastive_loss(users, items, torch.tensor([5, 6, 7]), t)
+    sims = torch.nn.functional.cosine_similarity(users[:, None], items[None], dim=-1) / t
+    manual = -(sims.diagonal() - sims.logsumexp(1)).mean()
+    assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
+    dup = rf.contrastive_loss(users, items, torch.tensor([5, 5, 7]), t)
+    row0 = -(sims[0, 0] - torch.logsumexp(sims[0, [0, 2]], 0))
+    row1 = -(sims[1, 1] - torch.logsumexp(sims[1, [1, 2]], 0))
+    row2 = -(sims[2, 2] - sims[2].logsumexp(0))
+    assert dup.item() == pytest.approx(((row0 + row1 + row2) / 3).item(), rel=1e-5)
+
+
+def test_mask_tokens_only_masks_values_and_pretrain_loss_is_finite():
+    model = rf.RecFormer(tiny_bert(), max_items=4)
+    items = rf.tokenize_items(WordTokenizer(), ATTRS, 8)
+    hist = rf.sequence_batch(items, [np.array([1, 2]), np.array([2, 3])], CLS_ID, PAD_ID, 4)
+    masked, labels = rf.mask_tokens(hist, MASK_ID, prob=1.0)
+    values = hist["roles"] == rf.VALUE
+    assert (masked["input_ids"][values] == MASK_ID).all() and (masked["input_ids"][~values] == hist["input_ids"][~values]).all()
+    assert (labels[values] == hist["input_ids"][values]).all() and (labels[~values] == -100).all()
+    batch = {"history": hist, "item": rf.item_batch(items, [3, 1], CLS_ID, PAD_ID), "target": torch.tensor([3, 1])}
+    loss = rf.pretrain_loss(model, batch, MASK_ID, mlm_weight=0.1)
+    loss.backward()
+    assert torch.isfinite(loss) and model.mlm_bias.grad is not None and model.roles.weight.grad is not None
+
+
+def test_set_trainable_layers():
+    model = rf.RecFormer(tiny_bert(layers=3), max_items=4)
+    params = rf.set_trainable_layers(model, [2])
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names and all(n.startswith(("backbone.encoder.layer.2.", "roles.", "item_positions.")) for n in names)
+    assert len(params) == len([p for p in model.parameters() if p.requires_grad])
+    assert rf.set_trainable_layers(model, None) == [] and not any(p.requires_grad for p in model.parameters())
+    rf.set_trainable_layers(model, "all")
+    assert model.backbone.embeddings.word_embeddings.weight.requires_grad and not model.mlm_bias.requires_grad
+    with pytest.raises(ValueError, match="do not exist"):
+        rf.set_trainable_layers(model, [3])
+
+
+def test_pca_init_matches_numpy():
+    rng = np.random.default_rng(0)
+    vectors = np.vstack([np.zeros(6), rng.normal(size=(20, 6)) @ np.diag([5, 3, 1, 0.5, 0.1, 0.01])])
+    table = rf.pca_init(vectors, 2, std=0.02)
+    assert table.shape == (21, 2) and (table[0] == 0).all()
+    assert table[1:].std().item() == pytest.approx(0.02, rel=1e-4)
+    x = vectors[1:] - vectors[1:].mean(0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    z = x @ vt[:2].T
+    z = z / z.std(ddof=1) * 0.02
+    for c in range(2):  # components agree up to sign
+        assert np.allclose(np.abs(table[1:, c].numpy()), np.abs(z[:, c]), atol=1e-6)
+    with pytest.raises(ValueError):
+        rf.pca_init(vectors, 7)
+    full = rf.pca_init(vectors, None, std=0.5)   # no reduction: centred and scaled only
+    assert full.shape == (21, 6) and (full[0] == 0).all()
+    assert np.allclose(full[1:].numpy(), x / x.std(ddof=1) * 0.5, atol=1e-6)
+
+
+def test_finetuning_learns_a_deterministic_next_item():
+    """Toy catalogue of 6 items; the next item is always (last + 1) mod 6: a few steps get it right."""
+    tok = WordTokenizer()
+    words = ["red", "green", "blue", "cyan", "pink", "gray"]
+    attrs = [[]] + [[("color", w)] for w in words]
+    items = rf.tokenize_items(tok, attrs, 4)
+    # a random BERT with the usual 0.02 init gives every item the same [CLS]; start wider
+    model = rf.RecFormer(tiny_bert(layers=2, hidden=32, seed=1, init=0.3), max_items=3, temperature=0.1)
+    seqs = [np.array([(s + k) % 6 + 1 for k in range(4)]) for s in range(6)]
+    hist = [s[:-1] for s in seqs]
+    target = torch.tensor([int(s[-1]) for s in seqs])
+    batch = {"history": rf.sequence_batch(items, hist, CLS_ID, PAD_ID, 3), "target": target}
+    opt = torch.optim.AdamW(rf.set_trainable_layers(model, "all"), lr=1e-3)
+    model.train()
+    first = None
+    for _ in range(100):
+        table = rf.encode_items(model, items, CLS_ID, PAD_ID)  # re-encoded every step (stage 1 per epoch)
+        loss = rf.finetune_loss(model, batch, table)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = loss.item() if first is None else first
+    assert loss.item() < first / 4
+    table = rf.encode_items(model, items, CLS_ID, PAD_ID)
+    score = rf.recformer_scorer(model, hist, table, items, CLS_ID, PAD_ID)(np.arange(6))
+    score[:, 0] = -1e9
+    assert (score.argmax(1) == target).float().mean() >= 5 / 6
+
+
+def test_checkpoint_loads_with_weights_only_and_the_cli_draws_maps(tmp_path):
+    pytest.importorskip("recbole")
+    from transformers import AutoTokenizer
+
+    from recutils.lm import minilm_path
+    tok = AutoTokenizer.from_pretrained(str(minilm_path()))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=128)
+    backbone_dir = tmp_path / "tiny-bert"
+    BertModel(cfg, add_pooling_layer=False).save_pretrained(backbone_dir)
+    tok.save_pretrained(backbone_dir)
+    from recutils.lm import load_text_encoder
+    bert, _ = load_text_encoder(str(backbone_dir))
+    model = rf.RecFormer(bert, max_items=5)
+    with torch.no_grad():
+        model.roles.weight.normal_()
+    path = rf.save_checkpoint(model, tmp_path / "build" / "ckpt.pt", backbone=str(backbone_dir), dataset="ml-100k",
+                              min_user=0, min_item=0, max_len=20, fields=["title", "genres"], item_tokens=8,
+                              label="tuned")
+    raw = torch.load(path, weights_only=True)
+    assert raw["meta"]["label"] == "tuned"
+    loaded, _, meta = rf.load_checkpoint(path)
+    assert torch.equal(loaded.roles.weight, model.roles.weight) and meta["item_tokens"] == 8
+    out = tmp_path / "maps.png"
+    assert rf.main([str(path), "--user", "7", "--out", str(out)]) == 0
+    assert out.exists() and out.stat().st_size > 1000
+
+
+def test_longformer_backbone_gives_cls_global_attention():
+    """At SCALE=paper the backbone is Longformer: [CLS] must see tokens beyond its local window."""
+    from transformers import LongformerConfig, LongformerModel
+    torch.manual_seed(0)
+    cfg = LongformerConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=130, attention_window=[4],
+                           pad_token_id=0, initializer_range=0.3)
+    model = rf.RecFormer(LongformerModel(cfg, add_pooling_layer=False).eval(), max_items=4)
+    items = [([], []), ([5, 6, 7], [1, 2, 2]), ([8, 9, 10], [1, 2, 2]), ([11, 12, 13], [1, 2, 2])]
+    b = rf.sequence_batch(items, [np.array([1, 2, 3])], CLS_ID, PAD_ID, 4)
+    far = b["input_ids"].clone()
+    far[0, -1] = 20      # the oldest item's last token, far outside the +-2 tokens [CLS] would see locally
+    with torch.no_grad():
+        cls, cls_far = model.encode(b), model.encode({**b, "input_ids": far})
+    assert cls.shape == (1, 16) and torch.isfinite(cls).all()
+    assert not torch.allclose(cls, cls_far, atol=1e-5)
