@@ -39,6 +39,7 @@ from recutils.data.sequences import SequenceData
 from recutils.evaluation import Evaluator
 from recutils.lm import SMOLLM2, completion_batch, load_causal_lm
 from recutils.models import SASRec
+from recutils.models.llmseq import seq_prompt
 from recutils.training import resolve_device, seed_everything, sequence_scorer, training_windows
 
 
@@ -129,9 +130,10 @@ def train_sasrec(data: SequenceData, *, epochs: int, batch_size: int, lr: float,
 
 # --- LoRA causal LM ----------------------------------------------------------------------------
 
-def title_pairs(data: SequenceData, stage: str | None = None, history: int = 10,
+def title_pairs(data: SequenceData, tokenizer, stage: str | None = None, history: int = 10,
                 ) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs: the last ``history`` titles a user saw, then the next title.
+    """(prompt, completion) pairs in notebook 01's LLMSeqPrompt format: the numbered last
+    ``history`` titles, then the next title and the tokenizer's end marker.
 
     ``stage=None`` uses the training part (predict its last item from the ones before);
     "valid" / "test" predict that stage's held-out item.
@@ -141,12 +143,8 @@ def title_pairs(data: SequenceData, stage: str | None = None, history: int = 10,
         inputs, targets = [s[:-1] for s in seqs], [s[-1] for s in seqs]
     else:
         inputs, targets = data.inputs(stage), data.targets(stage)
-    pairs = []
-    for hist, target in zip(inputs, targets):
-        seen = "\n".join(f"- {t}" for t in data.titles(hist[-history:]))
-        prompt = f"A user watched these movies, in order:\n{seen}\nThe next movie they watch is:"
-        pairs.append((prompt, f" {data.titles([target])[0]}\n"))
-    return pairs
+    return [(seq_prompt(data.titles(hist), history), data.titles([target])[0] + tokenizer.eos_token)
+            for hist, target in zip(inputs, targets)]
 
 
 def lm_loss(model: nn.Module, tokenizer, pairs: Sequence[tuple[str, str]], max_length: int = 256,
@@ -183,7 +181,7 @@ def train_lora_lm(data: SequenceData, *, epochs: int, batch_size: int, lr: float
     config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
                         target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     model = get_peft_model(base, config)
-    pairs = title_pairs(data)
+    pairs = title_pairs(data, tok)
     losses, moved = train_data_parallel(
         model, pairs, loss_fn=lambda m, shard: lm_loss(m, tok, shard),
         count_fn=lambda shard: completion_tokens(tok, shard),
@@ -239,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics = Evaluator(data, "test").evaluate(scores).metrics()
         else:  # validation loss on the held-out next titles (the test split stays untouched)
             with torch.no_grad():
-                metrics = {"valid/loss": float(lm_loss(model, tok, title_pairs(data, "valid")))}
+                metrics = {"valid/loss": float(lm_loss(model, tok, title_pairs(data, tok, "valid")))}
         out = {"model": args.model, "world_size": _world()[0], "train_seconds": seconds,
                "losses": losses, "metrics": metrics, "param_sum": _trainable_sum(model),
                "moved": moved}
