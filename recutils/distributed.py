@@ -40,7 +40,13 @@ from recutils.evaluation import Evaluator
 from recutils.lm import SMOLLM2, completion_batch, load_causal_lm
 from recutils.models import SASRec
 from recutils.models.llmseq import seq_prompt
-from recutils.training import resolve_device, seed_everything, sequence_scorer, training_windows
+from recutils.training import (
+    resolve_device,
+    seed_everything,
+    sequence_scorer,
+    to_device,
+    training_windows,
+)
 
 
 def _world() -> tuple[int, int]:
@@ -156,7 +162,7 @@ def lm_loss(model: nn.Module, tokenizer, pairs: Sequence[tuple[str, str]], max_l
     """
     device = next(model.parameters()).device
     batch = completion_batch(tokenizer, [p for p, _ in pairs], [c for _, c in pairs], max_length)
-    batch = {k: v.to(device) for k, v in batch.items()}
+    batch = to_device(batch, device)
     batch["position_ids"] = (batch["attention_mask"].cumsum(1) - 1).clamp(min=0)
     return model(**batch).loss
 

@@ -120,7 +120,7 @@ def fit(
         model.train()
         t0, total, n = time.perf_counter(), 0.0, 0
         for batch in batches(epoch):
-            batch = _to(batch, device)
+            batch = to_device(batch, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = loss_fn(model, batch)
             opt.zero_grad(set_to_none=True)
@@ -151,13 +151,14 @@ def fit(
     return history
 
 
-def _to(batch, device):
+def to_device(batch, device: torch.device | str):
+    """``batch`` with every tensor in it (also inside dicts, lists, tuples) moved to ``device``."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device)
     if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_to(b, device) for b in batch)
+        return type(batch)(to_device(b, device) for b in batch)
     return batch
 
 

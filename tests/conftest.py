@@ -40,3 +40,13 @@ def make_raw(n_users: int = 40, n_items: int = 200, length: tuple[int, int] = (5
 def tiny():
     torch.manual_seed(0)
     return prepare(make_raw())
+
+
+def tiny_llama(initializer_range: float = 0.02, max_positions: int = 256):
+    """A 2-layer Llama with a 64-token vocabulary, random weights (seed 0), in eval mode."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=max_positions, initializer_range=initializer_range)
+    return LlamaForCausalLM(config).eval()

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_llama  # the 2-layer Llama every LM test uses
 
 from recutils.models.allmrec import (
     ALLMRec,
@@ -32,12 +33,7 @@ class WordTokenizer:
 
 @pytest.fixture(scope="module")
 def tiny_lm():
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         initializer_range=0.3)  # large enough for the logits to move
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(initializer_range=0.3, max_positions=512)  # large enough for the logits to move
 
 
 def test_matching_loss_by_hand():

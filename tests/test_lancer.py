@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_llama  # the 2-layer Llama every LM test uses
 
 from recutils.models.lancer import (
     LANCER,
@@ -47,11 +48,7 @@ class CharTokenizer:
 
 @pytest.fixture(scope="module")
 def tiny_lm():
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama()
 
 
 def test_prefix_shapes_follow_the_lm(tiny_lm):

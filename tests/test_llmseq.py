@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_llama  # the 2-layer Llama every LM test uses
 from test_lancer import CharTokenizer  # the tiny character tokenizer of the LANCER tests
 
 from recutils.data import RawDataset, prepare
@@ -126,16 +127,11 @@ def test_prompt_format_and_examples_never_show_the_target():
 
 
 @pytest.fixture(scope="module")
-def tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         initializer_range=0.2)  # large enough weights for LoRA (q, v) to matter
-    return LlamaForCausalLM(config).eval()
+def tiny_lm():
+    return tiny_llama(initializer_range=0.2)  # large enough weights for LoRA (q, v) to matter
 
 
-def test_llmseqprompt_lora_learns_a_title_and_maps_generations(tiny_llama):
+def test_llmseqprompt_lora_learns_a_title_and_maps_generations(tiny_lm):
     titles = ["<pad>", "ab", "cd", "ef", "gh"]
     emb = np.eye(5, dtype=np.float32)
     emb[0] = 0
@@ -143,7 +139,7 @@ def test_llmseqprompt_lora_learns_a_title_and_maps_generations(tiny_llama):
     def encode(texts):  # a toy "sentence encoder": one-hot of the exact title, else item 4's axis
         return np.stack([emb[titles.index(t)] if t in titles else emb[4] for t in texts])
 
-    model = LLMSeqPrompt(tiny_llama, CharTokenizer(), titles, emb, encode, lora_r=4)
+    model = LLMSeqPrompt(tiny_lm, CharTokenizer(), titles, emb, encode, lora_r=4)
     trainable = [n for n, p in model.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     batch = model.batch([(seq_prompt(["ab", "cd"]), 3)])

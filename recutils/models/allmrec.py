@@ -331,11 +331,6 @@ class ALLMRec(nn.Module):
         return [cut_answer(t) for t in tok.batch_decode(gen, skip_special_tokens=True)]
 
 
-def batch_to(batch: dict, device) -> dict:
-    """Move the tensors of a :func:`collate` batch to ``device`` (slots stay as they are)."""
-    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-
-
 # --- from an answer to a candidate ----------------------------------------------------------
 
 

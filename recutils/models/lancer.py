@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from recutils.data.text import readable_title
+from recutils.training import to_device
 
 # --- text -----------------------------------------------------------------------------------
 
@@ -436,7 +437,7 @@ def train_stage(model: nn.Module, batches, loss_fn, params: Sequence[nn.Paramete
     for epoch, epoch_batches in enumerate(plan, start=1):
         model.train()
         for batch in epoch_batches:
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            batch = to_device(batch, device)
             loss = loss_fn(model, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()

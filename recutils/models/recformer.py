@@ -40,7 +40,7 @@ Defaults::
 
 Command line: regenerate the attention maps of a saved checkpoint (``build/*.pt``)::
 
-    python -m recutils.models.recformer build/05_recformer_ft.pt --user 7 --out maps.png
+    python -m recutils.models.recformer build/05_recformer_default.pt --user 7 --out maps.png
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from recutils.training import to_device
 
 CLS, KEY, VALUE, PAD = 0, 1, 2, 3  # token roles
 
@@ -178,7 +180,7 @@ def encode_items(model: RecFormer, item_tokens, cls_id: int, pad_id: int, batch_
     ids = np.arange(1, len(item_tokens))
     out = [torch.zeros(1, model.backbone.config.hidden_size, device=device)]
     for s in range(0, len(ids), batch_size):
-        b = {k: v.to(device) for k, v in item_batch(item_tokens, ids[s:s + batch_size], cls_id, pad_id).items()}
+        b = to_device(item_batch(item_tokens, ids[s:s + batch_size], cls_id, pad_id), device)
         if pooling == "cls":
             out.append(model.encode(b))
         else:
@@ -279,7 +281,7 @@ def recformer_scorer(model: RecFormer, histories: Sequence[np.ndarray], table: t
     def score(users: np.ndarray) -> torch.Tensor:
         b = sequence_batch(item_tokens, [histories[u] for u in users], cls_id, pad_id, model.max_items)
         with torch.no_grad():
-            return model.scores(model.encode({k: v.to(device) for k, v in b.items()}), table)
+            return model.scores(model.encode(to_device(b, device)), table)
     return score
 
 
@@ -420,7 +422,7 @@ def instance_maps(model: RecFormer, item_tokens, history: np.ndarray, cls_id: in
     """[CLS] attention [layers, heads, T] for the last ``n_items`` items of one history, and the
     token index where each item starts (for the boundaries of the plot)."""
     b = sequence_batch(item_tokens, [history[-n_items:]], cls_id, pad_id, n_items)
-    att = cls_attention(model, {k: v.to(device) for k, v in b.items()})[0].cpu().numpy()
+    att = cls_attention(model, to_device(b, device))[0].cpu().numpy()
     pos = b["item_positions"][0].numpy()
     starts = [int(np.argmax(pos == k)) for k in range(1, pos.max() + 1)]
     return att, starts
@@ -429,7 +431,7 @@ def instance_maps(model: RecFormer, item_tokens, history: np.ndarray, cls_id: in
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Draw [CLS] attention maps (vanilla backbone vs a "
                                              "checkpoint) for one user, as in Fig. 1 of Qu et al.")
-    ap.add_argument("checkpoint", help="a file written by save_checkpoint (e.g. build/05_recformer_ft.pt)")
+    ap.add_argument("checkpoint", help="a file written by save_checkpoint (e.g. build/05_recformer_default.pt)")
     ap.add_argument("--user", default="7", help="raw user id of the dataset (default 7)")
     ap.add_argument("--items", type=int, default=3, help="most recent history items shown (default 3)")
     ap.add_argument("--out", default="maps.png", help="output image (default maps.png)")
