@@ -53,3 +53,29 @@ class ItemEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.weight, padding_idx=0)
+
+
+def pca_init(vectors: torch.Tensor | np.ndarray, dim: int | None, std: float | None = 0.02,
+             ) -> np.ndarray:
+    """An initial item table from item vectors [n + 1, H] (row 0 padding): [n + 1, dim].
+
+    The real items are centred and projected on their top ``dim`` principal axes (the PCA of
+    Harte et al.; ``dim=None`` keeps all H columns as they are, centred only), with a
+    deterministic sign per axis (its largest-magnitude coordinate positive). The result is
+    rescaled so its entries have standard deviation ``std`` (that of the random N(0, 0.02)
+    init; ``None`` keeps the PCA scale). Row 0 stays zero.
+    """
+    x = np.asarray(vectors, dtype=np.float64)[1:]
+    x = x - x.mean(0)
+    if dim is None:
+        z = x
+    else:
+        if dim > min(x.shape):
+            raise ValueError(f"cannot keep {dim} components of a {x.shape[0]} x {x.shape[1]} matrix")
+        _, _, vt = np.linalg.svd(x, full_matrices=False)
+        z = x @ vt[:dim].T
+        signs = np.sign(z[np.abs(z).argmax(0), np.arange(dim)])
+        z = z * np.where(signs == 0, 1.0, signs)
+    if std is not None:
+        z = z * (std / z.std())
+    return np.vstack([np.zeros((1, z.shape[1])), z]).astype(np.float32)

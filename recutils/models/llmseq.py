@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from recutils.mapping import TitleIndex, nearest_items, rank_from_generations
 from recutils.models.bert4rec import BERT4Rec
+from recutils.models.embedding import pca_init
 from recutils.models.sasrec import SASRec
 
 COMBINATIONS = ("last", "mean", "linear", "harmonic", "exponential")
@@ -125,27 +126,6 @@ class LLMSeqSim:
 
 
 # --- LLM2SASRec / LLM2BERT4Rec ---------------------------------------------------------------
-
-def pca_init(item_emb: np.ndarray, dim: int, std: float | None = 0.02) -> np.ndarray:
-    """PCA of the item embeddings (rows 1..n; row 0 padding) to ``dim`` columns: [n + 1, dim].
-
-    Rows are centred on the item mean and projected on the top ``dim`` principal axes; the
-    result is rescaled so its entries have standard deviation ``std`` (the scale of the
-    random N(0, 0.02) initialisation; ``None`` keeps the PCA scale). Row 0 stays zero.
-    """
-    x = np.asarray(item_emb, dtype=np.float64)[1:]
-    if dim > min(x.shape):
-        raise ValueError(f"cannot keep {dim} components of a {x.shape[0]} x {x.shape[1]} matrix")
-    x = x - x.mean(0)
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    z = x @ vt[:dim].T
-    # a deterministic sign per axis: the largest-magnitude coordinate is positive
-    signs = np.sign(z[np.abs(z).argmax(0), np.arange(dim)])
-    z = z * np.where(signs == 0, 1.0, signs)
-    if std is not None:
-        z = z * (std / z.std())
-    return np.vstack([np.zeros((1, dim)), z]).astype(np.float32)
-
 
 def llm2sasrec(item_emb: np.ndarray, hidden: int = 64, std: float | None = 0.02, **kwargs) -> SASRec:
     """SASRec whose item table starts from the PCA of LLM item embeddings (trainable)."""

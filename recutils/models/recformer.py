@@ -27,7 +27,8 @@ Analyses (Qu et al., Sec. 3): :func:`cls_attention` returns the [CLS] row of eve
 attention, :func:`attention_per_item` sums it over each item's tokens,
 :func:`divergence_matrix` measures how alike layers (or heads) attend, and
 :func:`set_trainable_layers` freezes all but chosen layers (the layer-redundancy table).
-:func:`pca_init` turns item vectors into an initial item table for SASRec/BERT4Rec.
+``recutils.models.embedding.pca_init`` turns item vectors into an initial item table for
+SASRec/BERT4Rec.
 
 Defaults::
 
@@ -369,29 +370,6 @@ def strata_contrast(matrix: np.ndarray, strata: Sequence[Sequence[int]]) -> tupl
             if i < j:
                 (within if group[i] == group[j] else between).append(matrix[i, j])
     return float(np.mean(within)), float(np.mean(between))
-
-
-# --- item tables for ID-based models ----------------------------------------------------------
-
-def pca_init(vectors: torch.Tensor | np.ndarray, dim: int | None, std: float = 0.02) -> torch.Tensor:
-    """An initial item table for SASRec/BERT4Rec from item vectors [n + 1, H] (row 0 = padding).
-
-    Centres the real items, keeps their top ``dim`` principal components (Harte et al. use PCA
-    too; ``dim=None`` keeps all H dimensions as they are) and scales the result to an overall
-    standard deviation ``std`` (that of a random init), so every source of vectors starts at
-    the same scale. Row 0 stays zero.
-    """
-    x = torch.as_tensor(np.asarray(vectors), dtype=torch.float64)[1:]
-    x = x - x.mean(0)
-    if dim is None:
-        z = x
-    elif dim > min(x.shape):
-        raise ValueError(f"cannot keep {dim} components of {tuple(x.shape)} vectors")
-    else:
-        _, _, v = torch.linalg.svd(x, full_matrices=False)
-        z = x @ v[:dim].T
-    z = z / z.std() * std
-    return torch.cat([torch.zeros(1, z.shape[1], dtype=torch.float64), z]).float()
 
 
 # --- checkpoints and the command line ---------------------------------------------------------
