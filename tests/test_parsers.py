@@ -45,7 +45,7 @@ def test_amazon2014_meta_is_literal_not_eval(fixtures, tmp_path):
     assert items.loc["B003"].genres == ["Makeup", "Eyes"]
     evil = tmp_path / "meta_evil.json"
     evil.write_text("{'asin': 'X', 'title': __import__('os').getcwd()}\n")
-    with pytest.raises(ValueError, match="not a Python literal"):
+    with pytest.raises(parsers.ParseError, match="line 1: not a Python dict literal"):
         parsers.parse_amazon2014_meta(evil)
 
 

@@ -58,8 +58,8 @@ def verify(path: str | Path, checksum: str | None, name: str | None = None) -> N
         got = file_digest(path, algorithm)
         if got != expected.lower():
             raise ChecksumError(
-                f"{name}: {algorithm} is {got}, expected {expected}. "
-                "The file is corrupt or was changed upstream; it was not cached."
+                f"{name}: {algorithm} is {got}, expected {expected} (the file is corrupt, "
+                "truncated or was changed upstream)"
             )
     try:
         if name.endswith(".gz"):
@@ -72,7 +72,7 @@ def verify(path: str | Path, checksum: str | None, name: str | None = None) -> N
                 if bad is not None:
                     raise ChecksumError(f"{name}: member {bad} is corrupt")
     except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ChecksumError(f"{name}: not a readable archive ({e}); it was not cached.") from e
+        raise ChecksumError(f"{name}: not a readable archive ({e})") from e
 
 
 def fetch(
@@ -91,12 +91,18 @@ def fetch(
     :class:`DataNotAvailableError` naming the file and where to put it by hand.
     """
     dest = data_home() / subdir / filename
+    errors: list[str] = []
     if dest.exists():
-        verify(dest, checksum)
-        return dest
+        try:
+            verify(dest, checksum)
+            return dest
+        except ChecksumError as e:
+            # A bad file in the cache would fail every later run the same way: drop it and
+            # download again (or, offline, say what happened and where the good file goes).
+            dest.unlink()
+            errors.append(f"the cached {dest} failed its check and was removed: {e}")
     urls = [url] if isinstance(url, str) else list(url)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    errors: list[str] = []
     for u in urls:
         for attempt in range(retries):
             tmp = None
@@ -108,7 +114,7 @@ def fetch(
                 os.replace(tmp, dest)
                 return dest
             except ChecksumError as e:
-                errors.append(f"{u}: {e}")
+                errors.append(f"{u}: {e}; the download was discarded")
                 break  # a wrong file will not get better by asking again
             except (urllib.error.URLError, OSError, TimeoutError) as e:
                 errors.append(f"{u} (try {attempt + 1}): {e}")

@@ -18,7 +18,7 @@ import html
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -46,23 +46,58 @@ def _items_frame(rows: list[dict]) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def _interactions_frame(df: pd.DataFrame) -> pd.DataFrame:
-    out = pd.DataFrame({
+class ParseError(ValueError):
+    """A line of a dataset file is not in the file's format; the message names file and line."""
+
+
+def _interactions_frame(rows: list[tuple]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=INTERACTION_COLUMNS)
+    return pd.DataFrame({
         "user": df["user"].astype(str),
         "item": df["item"].astype(str),
         "rating": df["rating"].astype(float),
         "timestamp": df["timestamp"].astype("int64"),
     })
-    return out.reset_index(drop=True)
 
 
-def _lines(path: str | Path, encoding: str = "latin-1") -> Iterator[str]:
-    """Non-empty lines of a text file, without their line ending (GroupLens files are latin-1)."""
-    with open(path, encoding=encoding) as f:
-        for line in f:
-            line = line.rstrip("\n")
-            if line:
-                yield line
+def _open_text(path: str | Path, encoding: str = "utf-8") -> io.TextIOBase:
+    path = Path(path)
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding=encoding)
+    return open(path, encoding=encoding)
+
+
+def _records(path: str | Path, parse: Callable[[str], object], what: str,
+             encoding: str = "utf-8", skip: int = 0) -> Iterator:
+    """``parse(line)`` for every non-blank line after the first ``skip`` lines.
+
+    Any error in ``parse`` (a wrong field count, a number that is not one, a missing key)
+    becomes a :class:`ParseError` naming the file, the line number and what was expected.
+    """
+    with _open_text(path, encoding) as f:
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if n <= skip or not line.strip():
+                continue
+            try:
+                yield parse(line)
+            except (ValueError, SyntaxError, KeyError, TypeError, AttributeError) as e:
+                detail = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+                raise ParseError(f"{path}, line {n}: not {what} ({detail}): {line[:120]!r}") from e
+
+
+def _fields(line: str, sep: str, n: int) -> list[str]:
+    parts = line.split(sep)
+    if len(parts) != n:
+        raise ValueError(f"expected {n} {sep!r}-separated fields, got {len(parts)}")
+    if not all(p.strip() for p in parts[:2]):
+        raise ValueError("empty user or item id")
+    return parts
+
+
+def _interaction(line: str, sep: str) -> tuple[str, str, float, int]:
+    user, item, rating, ts = _fields(line, sep, 4)
+    return user.strip(), item.strip(), float(rating), int(float(ts))
 
 
 def split_title_year(title: str) -> tuple[str, int | None]:
@@ -77,102 +112,109 @@ def split_title_year(title: str) -> tuple[str, int | None]:
 
 def parse_ml100k_udata(path: str | Path) -> pd.DataFrame:
     """GroupLens ``u.data``: tab-separated ``user item rating timestamp``, no header."""
-    df = pd.read_csv(path, sep="\t", header=None, names=INTERACTION_COLUMNS, dtype=str)
-    return _interactions_frame(df)
+    rows = _records(path, lambda line: _interaction(line, "\t"),
+                    "a tab-separated 'user item rating timestamp' line", encoding="latin-1")
+    return _interactions_frame(list(rows))
+
+
+def _ml100k_item(line: str) -> dict:
+    parts = line.split("|")
+    if len(parts) != 5 + len(ML100K_GENRES):
+        raise ValueError(f"expected {5 + len(ML100K_GENRES)} '|'-separated fields, got {len(parts)}")
+    title, year = split_title_year(parts[1])
+    if year is None and parts[2][-4:].isdigit():
+        year = int(parts[2][-4:])  # release date like 01-Jan-1995
+    genres = [g for g, flag in zip(ML100K_GENRES, parts[5:]) if flag == "1"]
+    return {"item": parts[0], "title": title, "year": year, "genres": genres,
+            "description": "", "brand": ""}
 
 
 def parse_ml100k_uitem(path: str | Path) -> pd.DataFrame:
     """GroupLens ``u.item``: ``|``-separated latin-1, 5 fields then 19 genre flags."""
-    rows = []
-    for line in _lines(path):
-        parts = line.split("|")
-        if len(parts) != 5 + len(ML100K_GENRES):
-            raise ValueError(f"{path}: expected 24 '|'-separated fields, got {len(parts)}: {line!r}")
-        title, year = split_title_year(parts[1])
-        if year is None and parts[2][-4:].isdigit():
-            year = int(parts[2][-4:])  # release date like 01-Jan-1995
-        genres = [g for g, flag in zip(ML100K_GENRES, parts[5:]) if flag == "1"]
-        rows.append({"item": parts[0], "title": title, "year": year, "genres": genres,
-                     "description": "", "brand": ""})
-    return _items_frame(rows)
+    return _items_frame(list(_records(path, _ml100k_item, "a u.item line", encoding="latin-1")))
 
 
 def read_recbole_atomic(path: str | Path) -> pd.DataFrame:
     """A RecBole atomic file (``.inter``, ``.item``): tab-separated, headers like ``user_id:token``.
 
-    The ``:type`` suffix of every header is stripped; all values are read as strings.
+    The ``:type`` suffix of every header is stripped; all values are read as strings (no
+    quote processing). A row with the wrong number of fields is a :class:`ParseError`.
     """
-    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
-    df.columns = [c.split(":", 1)[0] for c in df.columns]
-    return df
+    with _open_text(path) as f:
+        header = f.readline().rstrip("\r\n").split("\t")
+    columns = [c.split(":", 1)[0] for c in header]
+    rows = _records(path, lambda line: _fields(line, "\t", len(columns)),
+                    f"a row of {len(columns)} tab-separated fields", skip=1)
+    return pd.DataFrame(list(rows), columns=columns, dtype=str)
+
+
+def _require(df: pd.DataFrame, path: str | Path, columns: list[str]) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ParseError(f"{path}: no column {missing} in the header (have {list(df.columns)})")
 
 
 def parse_recbole_ml100k(inter_path: str | Path, item_path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """MovieLens-100k as shipped in the recbole wheel (``ml-100k.inter`` / ``ml-100k.item``)."""
-    inter = read_recbole_atomic(inter_path).rename(columns={"user_id": "user", "item_id": "item"})
-    inter = _interactions_frame(inter.astype({"timestamp": float}))
-    raw = read_recbole_atomic(item_path)
+    inter = read_recbole_atomic(inter_path)
+    _require(inter, inter_path, ["user_id", "item_id", "rating", "timestamp"])
     rows = []
-    for r in raw.itertuples(index=False):
+    for n, r in enumerate(inter.itertuples(index=False), 2):
+        try:
+            rows.append((r.user_id, r.item_id, float(r.rating), int(float(r.timestamp))))
+        except ValueError as e:
+            raise ParseError(f"{inter_path}, line {n}: rating or timestamp is not a number ({e})") from e
+    raw = read_recbole_atomic(item_path)
+    _require(raw, item_path, ["item_id", "movie_title", "release_year"])
+    genres = raw["class"] if "class" in raw.columns else pd.Series([""] * len(raw))
+    items = []
+    for r, g in zip(raw.itertuples(index=False), genres):
         year = int(r.release_year) if r.release_year.isdigit() else None
         # Genres are space-separated tokens; "Children's" and "Film-Noir" stay whole.
-        rows.append({"item": r.item_id, "title": r.movie_title, "year": year,
-                     "genres": r[3].split() if len(r) > 3 else [], "description": "", "brand": ""})
-    return inter, _items_frame(rows)
+        items.append({"item": r.item_id, "title": r.movie_title, "year": year, "genres": g.split(),
+                      "description": "", "brand": ""})
+    return _interactions_frame(rows), _items_frame(items)
 
 
 # --- MovieLens-1M --------------------------------------------------------------------------
 
 def parse_ml1m_ratings(path: str | Path) -> pd.DataFrame:
     """GroupLens ml-1m ``ratings.dat``: ``UserID::MovieID::Rating::Timestamp``."""
-    df = pd.DataFrame([line.split("::") for line in _lines(path)], columns=INTERACTION_COLUMNS)
-    return _interactions_frame(df)
+    rows = _records(path, lambda line: _interaction(line, "::"),
+                    "a 'UserID::MovieID::Rating::Timestamp' line", encoding="latin-1")
+    return _interactions_frame(list(rows))
+
+
+def _ml1m_movie(line: str) -> dict:
+    item, title, genres = _fields(line, "::", 3)
+    title, year = split_title_year(title)
+    return {"item": item, "title": title, "year": year,
+            "genres": genres.split("|") if genres else [], "description": "", "brand": ""}
 
 
 def parse_ml1m_movies(path: str | Path) -> pd.DataFrame:
     """GroupLens ml-1m ``movies.dat``: ``MovieID::Title (Year)::Genre|Genre``, latin-1."""
-    rows = []
-    for line in _lines(path):
-        item, title, genres = line.split("::")
-        title, year = split_title_year(title)
-        rows.append({"item": item, "title": title, "year": year,
-                     "genres": genres.split("|") if genres else [], "description": "", "brand": ""})
-    return _items_frame(rows)
+    return _items_frame(list(_records(path, _ml1m_movie, "a 'MovieID::Title::Genres' line",
+                                      encoding="latin-1")))
 
 
 # --- Amazon reviews (2014 and 2018 releases) -------------------------------------------------
 
-def _open_text(path: str | Path) -> io.TextIOBase:
-    path = Path(path)
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+def _dict(value) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"a {type(value).__name__}, not a dict")
+    return value
 
 
-def _parsed_lines(path: str | Path, parse, errors: tuple[type[Exception], ...], what: str) -> Iterator:
-    """``parse`` applied to every non-empty line; a bad line is reported with its number."""
-    with _open_text(path) as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                yield parse(line)
-            except errors as e:
-                raise ValueError(f"{path}, line {n}: not {what} ({e})") from e
-
-
-def _json_lines(path: str | Path) -> Iterator[dict]:
-    return _parsed_lines(path, json.loads, (json.JSONDecodeError,), "valid JSON")
+def _review(line: str) -> tuple[str, str, float, int]:
+    r = _dict(json.loads(line))
+    return str(r["reviewerID"]), str(r["asin"]), float(r.get("overall", 0.0)), int(r["unixReviewTime"])
 
 
 def parse_amazon_reviews(path: str | Path) -> pd.DataFrame:
     """Amazon 5-core review file (2014 ``reviews_X_5.json.gz`` or 2018 ``X_5.json.gz``): JSON lines."""
-    rows = [
-        (r["reviewerID"], r["asin"], float(r.get("overall", 0.0)), int(r["unixReviewTime"]))
-        for r in _json_lines(path)
-    ]
-    return _interactions_frame(pd.DataFrame(rows, columns=INTERACTION_COLUMNS))
+    rows = _records(path, _review, "a JSON review with reviewerID, asin and unixReviewTime")
+    return _interactions_frame(list(rows))
 
 
 def _clean_text(value) -> str:
@@ -188,7 +230,7 @@ def _clean_text(value) -> str:
 
 def _amazon_item(record: dict, categories: list[str]) -> dict:
     return {
-        "item": record["asin"],
+        "item": str(record["asin"]),
         "title": _clean_text(record.get("title")),
         "year": None,
         "genres": categories,
@@ -197,19 +239,27 @@ def _amazon_item(record: dict, categories: list[str]) -> dict:
     }
 
 
+def _meta2014(line: str) -> dict:
+    # ast.literal_eval reads literals only: a line holding code is an error, never executed
+    rec = _dict(ast.literal_eval(line))
+    cats = rec.get("categories") or [[]]
+    path0 = [_clean_text(c) for c in cats[0]]
+    return _amazon_item(rec, path0[1:] if len(path0) > 1 else path0)
+
+
 def parse_amazon2014_meta(path: str | Path) -> pd.DataFrame:
     """Amazon 2014 ``meta_X.json.gz``: one Python dict literal per line (``ast.literal_eval``).
 
     ``categories`` is a list of category paths; the first path, minus its root (the
     department name every item shares), becomes ``genres``.
     """
-    rows = []
-    # ast.literal_eval reads literals only: a line holding code is an error, never executed
-    for rec in _parsed_lines(path, ast.literal_eval, (ValueError, SyntaxError), "a Python literal"):
-        cats = rec.get("categories") or [[]]
-        path0 = [_clean_text(c) for c in cats[0]]
-        rows.append(_amazon_item(rec, path0[1:] if len(path0) > 1 else path0))
-    return _items_frame(rows)
+    return _items_frame(list(_records(path, _meta2014, "a Python dict literal with an asin")))
+
+
+def _meta2018(line: str) -> dict:
+    rec = _dict(json.loads(line))
+    cats = [_clean_text(c) for c in (rec.get("category") or [])]
+    return _amazon_item(rec, cats[1:] if len(cats) > 1 else cats)
 
 
 def parse_amazon2018_meta(path: str | Path) -> pd.DataFrame:
@@ -218,10 +268,6 @@ def parse_amazon2018_meta(path: str | Path) -> pd.DataFrame:
     ``category`` is one category path; its root is dropped as for 2014. Titles often
     carry HTML entities (``&amp;``) and sometimes markup, which are cleaned.
     """
-    rows = []
-    for rec in _json_lines(path):
-        cats = [_clean_text(c) for c in (rec.get("category") or [])]
-        rows.append(_amazon_item(rec, cats[1:] if len(cats) > 1 else cats))
-    items = _items_frame(rows)
+    items = _items_frame(list(_records(path, _meta2018, "a JSON object with an asin")))
     # The 2018 dumps contain duplicate asins; keep the first complete record.
     return items.drop_duplicates("item", keep="first").reset_index(drop=True)

@@ -62,13 +62,31 @@ AMAZON_2018_CITATION = ("Jianmo Ni, Jiacheng Li, Julian McAuley. 2019. Justifyin
                         "using distantly-labeled reviews and fine-grained aspects. EMNLP.")
 
 
-def recbole_ml100k_dir() -> Path | None:
-    """Folder of the MovieLens-100k atomic files inside the installed recbole wheel, if any."""
+def _recbole_package_dir() -> Path | None:
     spec = importlib.util.find_spec("recbole")
     if spec is None or not spec.submodule_search_locations:
         return None
-    d = Path(spec.submodule_search_locations[0]) / "dataset_example" / "ml-100k"
-    return d if (d / "ml-100k.inter").exists() else None
+    return Path(spec.submodule_search_locations[0])
+
+
+def recbole_ml100k_dir() -> Path | None:
+    """Folder of the MovieLens-100k atomic files inside the installed recbole wheel, if any."""
+    pkg = _recbole_package_dir()
+    if pkg is None:
+        return None
+    d = pkg / "dataset_example" / "ml-100k"
+    return d if (d / "ml-100k.inter").exists() and (d / "ml-100k.item").exists() else None
+
+
+def _no_offline_ml100k() -> str:
+    """Why the offline copy of MovieLens-100k is not there, and what to do about it."""
+    pkg = _recbole_package_dir()
+    if pkg is None:
+        return ("the offline copy comes with the recbole wheel, which is not installed (run "
+                "`make setup`, or `pip install --no-deps recbole==1.2.1`)")
+    return (f"recbole is installed at {pkg} but holds no MovieLens-100k files (expected "
+            f"{pkg / 'dataset_example' / 'ml-100k' / 'ml-100k.inter'} and ml-100k.item); "
+            "reinstall it with `pip install --no-deps --force-reinstall recbole==1.2.1`")
 
 
 def _load_ml100k(spec: DatasetSpec) -> RawDataset:
@@ -80,9 +98,7 @@ def _load_ml100k(spec: DatasetSpec) -> RawDataset:
             archive = spec.fetch("ml-100k.zip")
         except DataNotAvailableError as e:
             raise DataNotAvailableError(
-                "MovieLens-100k: the offline copy comes with the recbole wheel, which is not "
-                "installed (run `make setup`, or `pip install --no-deps recbole==1.2.1`), and the "
-                f"GroupLens download failed:\n{e}"
+                f"MovieLens-100k: {_no_offline_ml100k()}, and the GroupLens download failed:\n{e}"
             ) from None
         root = safe_extract(archive, archive.parent) / "ml-100k"
         inter = parsers.parse_ml100k_udata(root / "u.data")

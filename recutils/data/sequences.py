@@ -150,8 +150,15 @@ def prepare(
 
     ``kcore_k`` applies the iterative k-core, ``min_user``/``min_item`` a single-pass
     min-count filter; ``max_len`` keeps each user's most recent items; users with fewer
-    than ``min_len`` items (3 is the least a leave-one-out split needs) are dropped.
+    than ``min_len`` items (3 is the least a leave-one-out split needs) are dropped. Items
+    without a title (no metadata, or an empty one) are titled ``"item <raw id>"``.
     """
+    if min_len < 3:
+        raise ValueError(f"min_len={min_len}: the leave-one-out split needs at least 3 items per "
+                         "user (training, validation and test); use min_len >= 3.")
+    if max_len is not None and max_len < min_len:
+        raise ValueError(f"max_len={max_len} is below min_len={min_len}: every user would be "
+                         "dropped; use max_len >= min_len (or None for whole sequences).")
     inter = rating_threshold(raw.interactions, min_rating)
     if kcore_k:
         inter = kcore(inter, kcore_k)
@@ -177,8 +184,8 @@ def prepare(
     timestamps = [ts[a:b].copy() for a, b in zip(bounds[:-1], bounds[1:])]
 
     table = raw.items.drop_duplicates("item").set_index("item").reindex(item_ids[1:])
-    missing = table["title"].isna()
-    table["title"] = table["title"].fillna("").astype(str)
+    table["title"] = table["title"].fillna("").astype(str).str.strip()
+    missing = table["title"] == ""  # no metadata, or an empty title: a readable placeholder
     table.loc[missing, "title"] = [f"item {i}" for i in table.index[missing]]
     table["genres"] = [g if isinstance(g, list) else [] for g in table["genres"]]
     for col in ("description", "brand"):

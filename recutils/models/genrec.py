@@ -390,9 +390,11 @@ def build_genrec(n_users: int, n_items: int, tokenizer=None, backbone: str | Non
         from transformers import AutoTokenizer
 
         from recutils.lm import ModelNotAvailableError
+        from recutils.reproducibility import preserved_rng
         try:
-            tokenizer = tokenizer or HFWordTokenizer(AutoTokenizer.from_pretrained(backbone))
-            bart = BartForConditionalGeneration.from_pretrained(backbone, attn_implementation="eager")
+            with preserved_rng():  # loading must not move the seeded generators
+                tokenizer = tokenizer or HFWordTokenizer(AutoTokenizer.from_pretrained(backbone))
+                bart = BartForConditionalGeneration.from_pretrained(backbone, attn_implementation="eager")
         except (OSError, ValueError) as e:
             raise ModelNotAvailableError(
                 f"Could not load {backbone!r} ({type(e).__name__}: {e}). No pretrained BART is "

@@ -201,8 +201,8 @@ class LANCER(nn.Module):
         if cache is None:
             cache = make_cache(prefix, self.config)
         out = self.lm.base_model(input_ids=input_ids, attention_mask=full_mask, position_ids=pos,
-                                 past_key_values=cache, use_cache=True)
-        return out.last_hidden_state, out.past_key_values
+                                 cache=cache, use_cache=True)
+        return out.last_hidden_state, out.cache
 
     def lm_loss(self, batch: dict, prefix: torch.Tensor, prefix_mask: torch.Tensor) -> torch.Tensor:
         """Mean next-token NLL over completion tokens (labels != -100): padding never counts."""
@@ -304,8 +304,8 @@ class LANCER(nn.Module):
             full_mask = torch.cat([full_mask, torch.ones_like(full_mask[:, :1])], 1)
             out = self.lm.base_model(input_ids=seqs[:, -1:], attention_mask=full_mask,
                                      position_ids=(last_pos + step).unsqueeze(1),
-                                     past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+                                     cache=cache, use_cache=True)
+            cache = out.cache
             logp = torch.log_softmax(
                 self.lm.get_output_embeddings()(out.last_hidden_state[:, -1]).float(), -1)
             frozen = torch.full_like(logp, float("-inf"))

@@ -47,6 +47,7 @@ Command line: regenerate the attention maps of a saved checkpoint (``build/*.pt`
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -387,8 +388,18 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"):
     """(model, tokenizer, meta) from :func:`save_checkpoint`; the backbone loads with eager attention."""
     from recutils.lm import load_text_encoder
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    meta = ckpt["meta"]
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no RecFormer checkpoint at {path}. Notebook 05 writes one at "
+            "build/05_recformer_<scale>.pt (run `make notebook NB=05`, about 8 minutes), or save "
+            "your own with recutils.models.recformer.save_checkpoint.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        meta = ckpt["meta"]
+    except Exception as e:  # not a torch file, a truncated one, or another kind of checkpoint
+        raise ValueError(f"{path} is not a checkpoint written by save_checkpoint "
+                         f"({type(e).__name__}: {e})") from e
     backbone, tok = load_text_encoder(meta.get("backbone", "all-MiniLM-L6-v2"), output_attentions=True)
     model = RecFormer(backbone, max_items=ckpt["max_items"], temperature=ckpt["temperature"])
     model.load_state_dict(ckpt["state_dict"])
@@ -422,7 +433,11 @@ def main(argv: list[str] | None = None) -> int:
     from recutils.lm import load_text_encoder
     from recutils.plots import attention_comparison
 
-    model, tok, meta = load_checkpoint(args.checkpoint)
+    try:
+        model, tok, meta = load_checkpoint(args.checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     data = prepare(load(meta.get("dataset", "ml-100k")), min_user=meta.get("min_user", 0),
                    min_item=meta.get("min_item", 0), max_len=meta.get("max_len"))
     users = {str(u): i for i, u in enumerate(data.user_ids)}

@@ -65,7 +65,9 @@ class SASRec(nn.Module):
         neg = torch.randint(1, self.n_items + 1, target.shape, device=target.device)
         neg = torch.where(neg == target, neg % self.n_items + 1, neg)
         w = self.items.weight
-        pos_logit = (h * w[target]).sum(-1)[valid]
-        neg_logit = (h * w[neg]).sum(-1)[valid]
+        # F.embedding, not w[target]: its backward sums repeated rows in a fixed order, while
+        # advanced indexing accumulates from several CPU threads in a run-dependent order
+        pos_logit = (h * F.embedding(target, w)).sum(-1)[valid]
+        neg_logit = (h * F.embedding(neg, w)).sum(-1)[valid]
         return (F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit))
                 + F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit)))
