@@ -18,7 +18,8 @@ import torch
 from recutils.data import load, prepare
 from recutils.evaluation import Evaluator
 from recutils.models import SASRec
-from recutils.training import fit_sequential, seed_everything, sequence_scorer
+from recutils.reproducibility import seed_everything
+from recutils.training import fit_sequential, sequence_scorer
 
 ANCHOR_NDCG10, ANCHOR_HR10 = 0.0581, 0.1188
 

@@ -40,13 +40,8 @@ from recutils.evaluation import Evaluator
 from recutils.lm import SMOLLM2, completion_batch, load_causal_lm
 from recutils.models import SASRec
 from recutils.models.llmseq import seq_prompt
-from recutils.training import (
-    resolve_device,
-    seed_everything,
-    sequence_scorer,
-    to_device,
-    training_windows,
-)
+from recutils.reproducibility import seed_everything
+from recutils.training import resolve_device, sequence_scorer, to_device, training_windows
 
 
 def _world() -> tuple[int, int]:

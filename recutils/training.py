@@ -1,4 +1,4 @@
-"""Seeding, device choice, and one small training loop for every model of the course.
+"""Device choice, and one small training loop for every model of the course (seeding: reproducibility.py).
 
 ``fit`` trains any module with a ``loss(batch)`` method (or a given loss function):
 AdamW, tqdm progress, optional gradient clipping, mixed precision on CUDA only, early
@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 
 from recutils.data.sequences import SequenceData, pad_sequences
 from recutils.evaluation import Evaluator
-from recutils.reproducibility import seed_everything  # noqa: F401  (re-exported for callers)
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from recutils.models import SASRec
-from recutils.training import fit, fit_sequential, resolve_device, seed_everything, sequence_scorer
+from recutils.reproducibility import seed_everything
+from recutils.training import fit, fit_sequential, resolve_device, sequence_scorer
 
 
 def test_resolve_device():
