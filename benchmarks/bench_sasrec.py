@@ -17,9 +17,9 @@ import torch
 
 from recutils.data import load, prepare
 from recutils.evaluation import Evaluator
-from recutils.models import SASRec
+from recutils.models import SASRec, SASRecConfig
 from recutils.reproducibility import seed_everything
-from recutils.training import fit_sequential, sequence_scorer
+from recutils.training import EpochHook, TrainConfig, fit_sequential, sequence_scorer
 
 ANCHOR_NDCG10, ANCHOR_HR10 = 0.0581, 0.1188
 
@@ -38,9 +38,9 @@ def main() -> None:
         row["test_ndcg10"] = test.evaluate(sequence_scorer(model, data, "test")).metrics()["full/NDCG@10"]
 
     seed_everything(args.seed)
-    model = SASRec(data.n_items, hidden=64, n_layers=2, n_heads=2, dropout=0.3, max_len=50)
-    hist = fit_sequential(model, data, epochs=args.epochs, batch_size=64, lr=1e-3, patience=8,
-                          seed=args.seed, desc="SASRec", on_epoch=trace_test)
+    model = SASRec(data.n_items, SASRecConfig(hidden=64, n_layers=2, n_heads=2, dropout=0.3, max_len=50))
+    hist = fit_sequential(model, data, TrainConfig(epochs=args.epochs, batch_size=64, lr=1e-3, patience=8),
+                          seed=args.seed, desc="SASRec", callbacks=[EpochHook(trace_test)])
     final = test.evaluate(sequence_scorer(model, data, "test")).metrics()
     train_s = hist.column("train_seconds")
     elapsed, reached = 0.0, None

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import nbformat
 
-ROOT = Path(__file__).resolve().parent.parent
+from recutils.notebook import project_root
+
+ROOT = project_root()
 
 
 def notebooks(root: Path = ROOT) -> list[Path]:

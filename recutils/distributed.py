@@ -34,14 +34,15 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from recutils.batching import to_device
 from recutils.data import load, prepare
 from recutils.data.sequences import SequenceData
 from recutils.evaluation import Evaluator
 from recutils.lm import SMOLLM2, completion_batch, load_causal_lm
-from recutils.models import SASRec
+from recutils.models import SASRec, SASRecConfig
 from recutils.models.llmseq import seq_prompt
 from recutils.reproducibility import seed_everything
-from recutils.training import resolve_device, sequence_scorer, to_device, training_windows
+from recutils.training import resolve_device, sequence_scorer, training_windows
 
 
 def _world() -> tuple[int, int]:
@@ -120,7 +121,7 @@ def train_sasrec(data: SequenceData, *, epochs: int, batch_size: int, lr: float,
     """
     device = device or torch.device("cpu")
     seed_everything(seed)
-    model = SASRec(data.n_items, hidden=hidden, dropout=dropout, max_len=max_len).to(device)
+    model = SASRec(data.n_items, SASRecConfig(hidden=hidden, dropout=dropout, max_len=max_len)).to(device)
     windows = list(training_windows(data.train_sequences(), max_len + 1))
     losses, moved = train_data_parallel(
         model, windows, loss_fn=lambda m, shard: m.loss(torch.stack(shard).to(device)),

@@ -31,12 +31,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import torch
 
-from recutils.data.sequences import SequenceData, pad_sequences
+from recutils.batching import pad_sequences
+from recutils.data.sequences import SequenceData
 
 PROTOCOLS = ("full", "full_masked", "sampled100", "sampled19")
 DEFAULT_KS = (1, 5, 10, 20)
@@ -120,7 +122,7 @@ class Evaluator:
     """Evaluate a model on one split (``stage`` "valid" or "test") under several protocols.
 
     >>> ev = Evaluator(data, stage="valid")
-    >>> result = ev.evaluate(lambda users: model.score(...))   # scores [B, n_items + 1]
+    >>> result = ev.evaluate(recommender)   # anything with predict(users), or a function
     >>> result.metrics()["full/NDCG@10"]
     """
 
@@ -180,16 +182,25 @@ class Evaluator:
 
     def evaluate(
         self,
-        score_fn: Callable[[np.ndarray], torch.Tensor],
+        model: Recommender | Callable[[np.ndarray], Predictions],
         batch_size: int = 256,
         keep_topk: int = 0,
     ) -> EvalResult:
-        """Call ``score_fn(user_indices)`` batch by batch and rank the targets.
+        """Call ``model.predict(user_indices)`` (or ``model(users)``) batch by batch; rank targets.
 
-        ``score_fn`` receives dataset user indices (rows of ``data.sequences``) and returns
-        scores ``[len(users), n_items + 1]`` on any device. With ``keep_topk`` the top items
-        with the history removed are kept (for coverage, case studies).
+        It receives dataset user indices (rows of ``data.sequences``) and returns scores
+        ``[len(users), n_items + 1]`` on any device, or one ranked item list per user (best
+        first; see :meth:`evaluate_ranked`). With ``keep_topk`` the top items with the
+        history removed are kept (for coverage, case studies).
         """
+        predict = model.predict if hasattr(model, "predict") else model
+
+        def score_fn(users: np.ndarray) -> torch.Tensor:
+            out = predict(users)
+            if isinstance(out, torch.Tensor):
+                return out
+            return scores_from_ranked_lists(out, self.data.n_items)
+
         ranks: dict[str, list[torch.Tensor]] = {p: [] for p in self.protocols}
         tops = []
         with torch.no_grad():
@@ -227,6 +238,17 @@ class Evaluator:
         lookup = {int(u): i for i, u in enumerate(self.users)}
         return self.evaluate(lambda users: scores[[lookup[int(u)] for u in users]],
                              keep_topk=keep_topk)
+
+
+# What a recommender returns for a batch of users: scores over ids 0..n_items, or one
+# ranked list of item ids per user (generative models).
+Predictions = torch.Tensor | Sequence[Sequence[int]]
+
+
+class Recommender(Protocol):
+    """The one inference interface of the course: ``predict(users)`` -> :data:`Predictions`."""
+
+    def predict(self, users: np.ndarray) -> Predictions: ...
 
 
 def scores_from_ranked_lists(ranked: Sequence[Sequence[int]], n_items: int) -> torch.Tensor:

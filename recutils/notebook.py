@@ -103,7 +103,11 @@ def preset(scale: str, **by_scale: dict) -> SimpleNamespace:
 
 
 def project_root() -> Path:
-    """The folder holding pyproject.toml, searched upwards from the working directory."""
+    """The course's folder (pyproject.toml beside recutils/): this checkout, or else the first
+    such folder above the working directory (for a recutils installed from a wheel)."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").exists() and (checkout / "notebooks").is_dir():
+        return checkout
     here = Path.cwd().resolve()
     for d in (here, *here.parents):
         if (d / "pyproject.toml").exists() and (d / "recutils").is_dir():
@@ -268,6 +272,14 @@ def reproducible_part(value):
     if isinstance(value, list):
         return [reproducible_part(v) for v in value]
     return value
+
+
+def load_all_results(scale: str = "default", root: str | Path | None = None,
+                     exclude: Sequence[str] = ()) -> dict[str, dict]:
+    """Every notebook's records at ``scale``, keyed by notebook number ("00", "01", ...)."""
+    folder = Path(root or output_root()) / "results"
+    return {p.name[:2]: json.loads(p.read_text())["records"]
+            for p in sorted(folder.glob(f"[0-9][0-9]_{scale}.json")) if p.name[:2] not in exclude}
 
 
 def load_results(notebook: str, scale: str = "default", root: str | Path | None = None) -> dict:

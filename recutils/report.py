@@ -11,21 +11,15 @@ common protocols. Nothing in them is typed by hand.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from recutils.notebook import load_all_results, project_root
+
+ROOT = project_root()
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 COLUMNS = [("full/NDCG@10", "NDCG@10 full"), ("full_masked/NDCG@10", "NDCG@10 masked"),
            ("sampled100/NDCG@10", "NDCG@10 sampled-100"), ("sampled19/HR@1", "Hit@1 of 20")]
-
-
-def _results(root: Path) -> list[tuple[str, dict]]:
-    out = []
-    for path in sorted((root / "results").glob("[0-9][0-9]_default.json")):
-        out.append((path.name[:2], json.loads(path.read_text())["records"]))
-    return out
 
 
 def _cell(text) -> str:
@@ -34,7 +28,7 @@ def _cell(text) -> str:
 
 def render(root: Path = ROOT) -> str:
     """The markdown that belongs between the README markers."""
-    results = _results(root)
+    results = list(load_all_results("default", root).items())
     lines = ["### Claims, paper vs this course (SCALE=default, ML-100k)", "",
              "| nb | claim | paper | ours | holds? |", "|---|---|---|---|---|"]
     for nb, rec in results:

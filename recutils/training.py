@@ -9,18 +9,18 @@ validation NDCG@10).
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from recutils.data.sequences import SequenceData, pad_sequences
+from recutils.batching import batch_indices, pad_sequences, to_device
+from recutils.data.sequences import SequenceData
 from recutils.evaluation import Evaluator
 
 
@@ -60,12 +60,44 @@ def training_windows(seqs: list[np.ndarray], length: int) -> torch.Tensor:
 
 
 @dataclass
+class TrainConfig:
+    """How :func:`fit` trains: the optimiser, the length of the run, and model selection."""
+
+    epochs: int = 10                # passes over the training batches (an upper bound with patience)
+    lr: float = 1e-3                # AdamW learning rate (the peak one with schedule="linear")
+    weight_decay: float = 0.0       # AdamW decoupled weight decay
+    batch_size: int = 128           # examples per step, read by the batch factories (fit_sequential)
+    patience: int = 5               # epochs without a better validation score before stopping
+    select: str = "max"             # "max": higher validation is better (NDCG); "min": lower (a loss)
+    schedule: str = "constant"      # "constant" LR, or "linear": decays to 0 over all steps of the run
+    grad_clip: float | None = None  # maximum global gradient norm; None: no clipping
+    eval_before: bool = False       # validate the untrained model too; if it stays best, it is kept
+    log_steps: bool = False         # keep every step's loss in History.steps
+    amp: bool = True                # bf16 autocast, on CUDA only
+    progress: bool = True           # a progress bar over epochs (steps with schedule="linear")
+
+    def __post_init__(self) -> None:
+        if self.select not in ("max", "min"):
+            raise ValueError(f"select must be 'max' or 'min', got {self.select!r}")
+        if self.schedule not in ("constant", "linear"):
+            raise ValueError(f"schedule must be 'constant' or 'linear', got {self.schedule!r}")
+        if self.epochs < 0 or self.patience < 1 or self.batch_size < 1:
+            raise ValueError(f"need epochs >= 0, patience >= 1, batch_size >= 1; got {self}")
+
+
+@dataclass
 class History:
-    """What happened during :func:`fit`: one row per epoch."""
+    """What happened during :func:`fit`: one row per epoch (0-based), plus the untrained model.
+
+    ``best_epoch`` is the index of the selected epoch, or -1 when there was no validation or
+    when the untrained model (``before``, with ``eval_before``) stayed the best.
+    """
 
     epochs: list[dict] = field(default_factory=list)
     best_epoch: int = -1
-    best_valid: float = float("-inf")
+    best_valid: float = float("nan")
+    before: dict | None = None      # {"valid": ...} of the untrained model (eval_before)
+    steps: list[float] = field(default_factory=list)  # per-step losses (log_steps)
     seconds: float = 0.0
     diverged: bool = False  # training stopped on a non-finite loss
 
@@ -73,133 +105,190 @@ class History:
         return [e[key] for e in self.epochs if key in e]
 
 
+class Callback:
+    """Hooks into :func:`fit`; override what you need (both receive the model)."""
+
+    def on_step(self, model: torch.nn.Module, step: int, loss: float) -> None:
+        """After every optimiser step (``step`` counts from 0 over the whole run)."""
+
+    def on_epoch(self, model: torch.nn.Module, row: dict) -> None:
+        """After every epoch's validation; may add numbers to ``row`` (it is recorded)."""
+
+
+class EpochHook(Callback):
+    """A callback from a plain function ``fn(model, row)`` run after each epoch."""
+
+    def __init__(self, fn: Callable[[torch.nn.Module, dict], None]) -> None:
+        self.fn = fn
+
+    def on_epoch(self, model: torch.nn.Module, row: dict) -> None:
+        self.fn(model, row)
+
+
+LossOutput = torch.Tensor | Mapping[str, torch.Tensor]
+
+
+def _split_loss(out: LossOutput) -> tuple[torch.Tensor, dict[str, float]]:
+    """A loss function returns a scalar, or a dict with "loss" plus terms to log per epoch."""
+    if isinstance(out, Mapping):
+        if "loss" not in out:
+            raise KeyError(f"a loss function that returns a dict needs a 'loss' entry; got {list(out)}")
+        return out["loss"], {k: float(v) for k, v in out.items() if k != "loss"}
+    return out, {}
+
+
 def fit(
     model: torch.nn.Module,
-    batches: Callable[[int], Iterable[torch.Tensor]],
+    batches: Callable[[int], Iterable],
+    config: TrainConfig,
     *,
-    epochs: int,
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
+    loss_fn: Callable[[torch.nn.Module, object], LossOutput] | None = None,
     valid_fn: Callable[[torch.nn.Module], float] | None = None,
-    patience: int = 5,
-    device: torch.device | str = "cpu",
-    loss_fn: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None,
-    grad_clip: float | None = None,
-    amp: bool = True,
     params: Iterable[torch.nn.Parameter] | None = None,
+    device: torch.device | str = "cpu",
+    callbacks: Sequence[Callback] = (),
     desc: str = "train",
-    progress: bool = True,
-    on_epoch: Callable[[torch.nn.Module, dict], None] | None = None,
 ) -> History:
-    """Train ``model`` for up to ``epochs`` epochs; return the :class:`History`.
+    """Train ``model`` as ``config`` says; return the :class:`History`. The course's one loop.
 
-    ``batches(epoch)`` yields the batches of one epoch (tensors or tuples of tensors, moved
-    to ``device`` here). After each epoch ``valid_fn(model)`` (higher is better) decides
-    early stopping; the best weights are restored. ``params`` limits what is trained.
-    ``on_epoch(model, row)`` runs after each epoch (e.g. to log extra numbers into ``row``).
+    ``batches(epoch)`` yields the batches of one epoch (anything :func:`to_device` moves).
+    ``loss_fn(model, batch)`` (default ``model.loss(batch)``) returns the loss, or a dict
+    with "loss" and further terms that are averaged into each epoch's row. After each epoch
+    ``valid_fn(model)`` (in eval mode) drives selection and early stopping in the direction
+    ``config.select``; the best epoch's trainable weights are restored at the end. ``params``
+    limits what is trained. A non-finite loss stops training with a warning; a non-finite
+    validation score is never selected.
     """
+    cfg = config
     device = torch.device(device)
     model.to(device)
     loss_fn = loss_fn or (lambda m, b: m.loss(b))
     trainable = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     if not trainable:
         raise ValueError("nothing to train: every parameter has requires_grad=False")
-    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
-    use_amp = amp and device.type == "cuda"
-    history, best_state, bad = History(), None, 0
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    use_amp = cfg.amp and device.type == "cuda"
+    sign = 1.0 if cfg.select == "max" else -1.0
+    history, best_state, bad, best_key = History(), None, 0, float("-inf")
     start = time.perf_counter()
-    bar = tqdm(range(epochs), desc=desc, disable=not progress)
-    for epoch in bar:
+
+    # A schedule over all steps needs their number first: the epochs' batches are made now.
+    plan = [list(batches(e)) for e in range(cfg.epochs)] if cfg.schedule == "linear" else None
+    sched = None
+    if plan is not None:
+        n_steps = max(1, sum(len(p) for p in plan))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / n_steps))
+
+    def snapshot() -> list[torch.Tensor]:
+        return [p.detach().clone() for p in trainable]
+
+    def consider(value: float) -> bool:
+        nonlocal best_key
+        if math.isfinite(value) and sign * value > best_key:
+            best_key, history.best_valid = sign * value, value
+            return True
+        return False
+
+    if cfg.eval_before and valid_fn is not None:
+        model.eval()
+        history.before = {"valid": float(valid_fn(model))}
+        if consider(history.before["valid"]):
+            best_state = snapshot()
+
+    bar = tqdm(total=sum(len(p) for p in plan) if plan is not None else cfg.epochs, desc=desc,
+               disable=not cfg.progress)
+    step = 0
+    for epoch in range(cfg.epochs):
         model.train()
-        t0, total, n = time.perf_counter(), 0.0, 0
-        for step, batch in enumerate(batches(epoch)):
+        t0, total_loss, n, terms = time.perf_counter(), 0.0, 0, {}
+        for i, batch in enumerate(plan[epoch] if plan is not None else batches(epoch)):
             batch = to_device(batch, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = loss_fn(model, batch)
+                loss, parts = _split_loss(loss_fn(model, batch))
             value = loss.item()
             if not math.isfinite(value):
                 history.diverged = True
                 warnings.warn(f"{desc}: the training loss is {value} at epoch {epoch}, step "
-                              f"{step}; training stops here. Lower the learning rate or check "
+                              f"{i}; training stops here. Lower the learning rate or check "
                               "the inputs.", RuntimeWarning, stacklevel=2)
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             opt.step()
-            total, n = total + value, n + 1
+            if sched is not None:
+                sched.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.3f}")
+            total_loss, n = total_loss + value, n + 1
+            for k, v in parts.items():
+                terms[k] = terms.get(k, 0.0) + v
+            if cfg.log_steps:
+                history.steps.append(value)
+            for cb in callbacks:
+                cb.on_step(model, step, value)
+            step += 1
         if history.diverged:
             break
-        row = {"epoch": epoch, "loss": total / max(n, 1), "train_seconds": time.perf_counter() - t0}
+        row = {"epoch": epoch, "loss": total_loss / max(n, 1),
+               **{k: v / max(n, 1) for k, v in terms.items()},
+               "train_seconds": time.perf_counter() - t0}
         if valid_fn is not None:
             model.eval()
             row["valid"] = float(valid_fn(model))
-            # a non-finite validation score is never the best epoch (a diverged model)
-            if math.isfinite(row["valid"]) and row["valid"] > history.best_valid:
-                history.best_valid, history.best_epoch, bad = row["valid"], epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
+            if consider(row["valid"]):
+                history.best_epoch, bad, best_state = epoch, 0, snapshot()
             else:
                 bad += 1
-        if on_epoch is not None:
-            on_epoch(model, row)
+        for cb in callbacks:
+            cb.on_epoch(model, row)
         history.epochs.append(row)
-        bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k in ("loss", "valid")})
-        if valid_fn is not None and bad >= patience:
+        if sched is None:
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k in ("loss", "valid")})
+        if valid_fn is not None and bad >= cfg.patience:
             break
+    bar.close()
     if history.diverged and best_state is None:
         raise FloatingPointError(
             f"{desc}: training diverged (non-finite loss) before any epoch with a finite "
             "validation score; there are no weights to fall back on. Lower the learning rate.")
     if best_state is not None:
-        model.load_state_dict(best_state)
+        with torch.no_grad():
+            for p, saved in zip(trainable, best_state):
+                p.copy_(saved)
     model.eval()
     history.seconds = time.perf_counter() - start
     return history
-
-
-def to_device(batch, device: torch.device | str):
-    """``batch`` with every tensor in it (also inside dicts, lists, tuples) moved to ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(b, device) for b in batch)
-    return batch
 
 
 # --- ID-based sequence models (SASRec, BERT4Rec) -------------------------------------------
 
 def sequence_scorer(model: torch.nn.Module, data: SequenceData, stage: str,
                     device: torch.device | str = "cpu") -> Callable[[np.ndarray], torch.Tensor]:
-    """A ``score_fn`` for :class:`~recutils.evaluation.Evaluator` from a model with ``score(seq)``."""
+    """``users -> scores`` for :class:`~recutils.evaluation.Evaluator` from a model with ``predict(seq)``."""
     inputs = data.inputs(stage)
     max_len = model.max_len
 
     def score(users: np.ndarray) -> torch.Tensor:
         seq = pad_sequences([inputs[u] for u in users], max_len).to(device)
-        return model.score(seq)
+        return model.predict(seq)
     return score
 
 
 def fit_sequential(
     model: torch.nn.Module,
     data: SequenceData,
+    config: TrainConfig,
     *,
-    epochs: int = 50,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
-    patience: int = 5,
     device: torch.device | str = "cpu",
     seed: int = 0,
     valid_metric: str = "full/NDCG@10",
     valid_users: np.ndarray | None = None,
     params: Iterable[torch.nn.Parameter] | None = None,
+    callbacks: Sequence[Callback] = (),
     desc: str = "train",
-    progress: bool = True,
-    on_epoch: Callable[[torch.nn.Module, dict], None] | None = None,
 ) -> History:
     """Train SASRec/BERT4Rec on every training window, early-stopping on validation NDCG@10.
 
@@ -212,13 +301,11 @@ def fit_sequential(
     evaluator = Evaluator(data, "valid", protocols=(protocol,), ks=(10,), users=valid_users)
 
     def batches(epoch: int):
-        order = torch.as_tensor(rng.permutation(len(windows)))
-        for i in range(0, len(order), batch_size):
-            yield windows[order[i:i + batch_size]]
+        for idx in batch_indices(len(windows), config.batch_size, rng):
+            yield windows[torch.as_tensor(idx)]
 
     def valid(m: torch.nn.Module) -> float:
         return evaluator.evaluate(sequence_scorer(m, data, "valid", device)).metrics()[valid_metric]
 
-    return fit(model, batches, epochs=epochs, lr=lr, weight_decay=weight_decay, valid_fn=valid,
-               patience=patience, device=device, params=params, desc=desc, progress=progress,
-               on_epoch=on_epoch)
+    return fit(model, batches, config, valid_fn=valid, device=device, params=params,
+               callbacks=callbacks, desc=desc)

@@ -12,7 +12,7 @@ from recutils.data import download, parsers
 from recutils.data.download import DataNotAvailableError, fetch
 from recutils.data.sequences import prepare
 from recutils.evaluation import Evaluator, metrics_from_ranks
-from recutils.training import fit
+from recutils.training import TrainConfig, fit
 from tests.conftest import make_raw
 
 # --- the evaluator and the training loop -------------------------------------------------------
@@ -32,9 +32,8 @@ def test_nan_scores_raise_instead_of_counting_as_hits(tiny):
 def test_early_stopping_never_selects_a_non_finite_epoch():
     model = torch.nn.Linear(1, 1)
     scores = iter([0.2, float("inf"), float("nan"), 0.1])
-    hist = fit(model, lambda e: [torch.ones(2, 1)], epochs=4, lr=0.01, patience=5,
-               valid_fn=lambda m: next(scores), loss_fn=lambda m, b: m(b).pow(2).mean(),
-               progress=False)
+    hist = fit(model, lambda e: [torch.ones(2, 1)], TrainConfig(epochs=4, lr=0.01, progress=False),
+               valid_fn=lambda m: next(scores), loss_fn=lambda m, b: m(b).pow(2).mean())
     assert hist.best_epoch == 0 and hist.best_valid == 0.2
 
 
@@ -46,13 +45,13 @@ def test_a_diverging_loss_stops_training_and_keeps_the_best_weights():
         return m(b).sum() * 0 + next(losses)
 
     with pytest.warns(RuntimeWarning, match="training loss is nan at epoch 2"):
-        hist = fit(model, lambda e: [torch.ones(1, 1)], epochs=5, lr=0.1, patience=5,
-                   valid_fn=lambda m: 0.5, loss_fn=loss_fn, progress=False)
+        hist = fit(model, lambda e: [torch.ones(1, 1)], TrainConfig(epochs=5, lr=0.1, progress=False),
+                   valid_fn=lambda m: 0.5, loss_fn=loss_fn)
     assert hist.diverged and len(hist.epochs) == 2 and hist.best_epoch == 0
     model = torch.nn.Linear(1, 1)
     with pytest.raises(FloatingPointError, match="no weights to fall back on"), \
             pytest.warns(RuntimeWarning):
-        fit(model, lambda e: [torch.ones(1, 1)], epochs=2, progress=False,
+        fit(model, lambda e: [torch.ones(1, 1)], TrainConfig(epochs=2, progress=False),
             loss_fn=lambda m, b: m(b).sum() * float("nan"))
 
 

@@ -7,9 +7,10 @@ import torch
 from conftest import tiny_llama  # the 2-layer Llama every LM test uses
 from test_lancer import CharTokenizer  # the tiny character tokenizer of the LANCER tests
 
+from recutils.batching import pad_sequences
 from recutils.data import RawDataset, prepare
-from recutils.data.sequences import pad_sequences
 from recutils.evaluation import Evaluator
+from recutils.models import BERT4RecConfig, SASRecConfig
 from recutils.models.llmseq import (
     SEPARATOR,
     LLMSeqPrompt,
@@ -23,7 +24,7 @@ from recutils.models.llmseq import (
     seq_prompt,
     session_embeddings,
 )
-from recutils.training import fit_sequential
+from recutils.training import TrainConfig, fit_sequential
 
 
 def test_recency_weights_hand_computed():
@@ -99,17 +100,18 @@ def test_llm2_models_start_from_the_pca_table_and_train_it(tiny):
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(tiny.n_items + 1, 24)).astype(np.float32)
     init = torch.as_tensor(pca_init(emb, 16))
-    sas = llm2sasrec(emb, hidden=16, n_heads=2, max_len=8)
-    bert = llm2bertrec(emb, hidden=16, n_heads=2, max_len=8)
+    sas = llm2sasrec(emb, SASRecConfig(hidden=16, n_heads=2, max_len=8))
+    bert = llm2bertrec(emb, BERT4RecConfig(hidden=16, n_heads=2, max_len=8))
     for model in (sas, bert):
         assert torch.allclose(model.items.table.detach(), init)
         assert model.items.table.requires_grad
     # the [MASK] row is random, not part of the PCA table
     assert bert.items.weight.shape == (tiny.n_items + 2, 16) and bert.items.extra.abs().sum() > 0
     seq = pad_sequences(tiny.inputs("test")[:3], 8)
-    assert sas.score(seq).shape == bert.score(seq).shape == (3, tiny.n_items + 1)
+    assert sas.predict(seq).shape == bert.predict(seq).shape == (3, tiny.n_items + 1)
     torch.manual_seed(0)
-    hist = fit_sequential(sas, tiny, epochs=3, batch_size=16, lr=5e-3, patience=10, progress=False)
+    hist = fit_sequential(sas, tiny, TrainConfig(epochs=3, batch_size=16, lr=5e-3, patience=10,
+                                                 progress=False))
     assert hist.epochs[-1]["loss"] < hist.epochs[0]["loss"]
     assert not torch.allclose(sas.items.table.detach(), init)  # kept trainable
 

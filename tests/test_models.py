@@ -2,17 +2,24 @@ import numpy as np
 import pytest
 import torch
 
-from recutils.models import BERT4Rec, ItemEmbedding, Popularity, SASRec
+from recutils.models import (
+    BERT4Rec,
+    BERT4RecConfig,
+    ItemEmbedding,
+    Popularity,
+    SASRec,
+    SASRecConfig,
+)
 from recutils.models.transformer import attention_mask
-from recutils.training import fit, training_windows
+from recutils.training import TrainConfig, fit, training_windows
 
 
 def test_sasrec_shapes_and_causality():
     torch.manual_seed(0)
-    m = SASRec(20, hidden=16, n_heads=2, max_len=6, dropout=0.0).eval()
+    m = SASRec(20, SASRecConfig(hidden=16, n_heads=2, max_len=6, dropout=0.0)).eval()
     seq = torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 7]])
     h = m(seq)
-    assert h.shape == (2, 6, 16) and m.score(seq).shape == (2, 21)
+    assert h.shape == (2, 6, 16) and m.predict(seq).shape == (2, 21)
     changed = seq.clone()
     changed[:, -1] = 9  # changing the last item must not change earlier positions
     assert torch.allclose(m(changed)[:, :-1], h[:, :-1], atol=1e-6)
@@ -21,9 +28,9 @@ def test_sasrec_shapes_and_causality():
 
 def test_sasrec_ignores_padding_length():
     torch.manual_seed(0)
-    m = SASRec(20, hidden=16, max_len=8, dropout=0.0).eval()
-    a = m.score(torch.tensor([[0, 0, 0, 0, 0, 3, 4, 5]]))
-    b = m.score(torch.tensor([[0, 0, 0, 0, 0, 0, 0, 0, 3, 4, 5]]))  # longer input, cut to max_len
+    m = SASRec(20, SASRecConfig(hidden=16, max_len=8, dropout=0.0)).eval()
+    a = m.predict(torch.tensor([[0, 0, 0, 0, 0, 3, 4, 5]]))
+    b = m.predict(torch.tensor([[0, 0, 0, 0, 0, 0, 0, 0, 3, 4, 5]]))  # longer input, cut to max_len
     assert torch.allclose(a, b, atol=1e-6)
     _, maps = m(torch.tensor([[0, 0, 0, 0, 0, 3, 4, 5]]), return_attention=True)
     assert maps[0].shape == (1, 2, 8, 8)
@@ -43,13 +50,13 @@ def test_sasrec_learns_a_deterministic_successor(loss):
     n = 30
     seqs = [np.arange(s, s + 12) % n + 1 for s in range(n)] * 4
     windows = training_windows(seqs, 9)
-    m = SASRec(n, hidden=32, max_len=8, dropout=0.1, loss=loss)
-    hist = fit(m, lambda e: (windows[i:i + 32] for i in range(0, len(windows), 32)), epochs=40,
-               lr=5e-3, progress=False)
+    m = SASRec(n, SASRecConfig(hidden=32, max_len=8, dropout=0.1, loss=loss))
+    hist = fit(m, lambda e: (windows[i:i + 32] for i in range(0, len(windows), 32)),
+               TrainConfig(epochs=40, lr=5e-3, progress=False))
     losses = hist.column("loss")
     assert losses[-1] < 0.5 * losses[0]
     seq = torch.tensor([[5, 6, 7, 8]])
-    assert m.score(seq)[0, 1:].argmax().item() + 1 == 9
+    assert m.predict(seq)[0, 1:].argmax().item() + 1 == 9
 
 
 def test_bert4rec_masks_and_learns():
@@ -57,12 +64,12 @@ def test_bert4rec_masks_and_learns():
     n = 30
     seqs = [np.arange(s, s + 12) % n + 1 for s in range(n)] * 4
     windows = training_windows(seqs, 8)
-    m = BERT4Rec(n, hidden=32, max_len=8, mask_prob=0.3, dropout=0.0)
+    m = BERT4Rec(n, BERT4RecConfig(hidden=32, max_len=8, mask_prob=0.3, dropout=0.0))
     assert m.items.weight.shape == (n + 2, 32)  # padding + items + [MASK]
-    hist = fit(m, lambda e: (windows[i:i + 32] for i in range(0, len(windows), 32)), epochs=150,
-               lr=3e-3, progress=False)
+    hist = fit(m, lambda e: (windows[i:i + 32] for i in range(0, len(windows), 32)),
+               TrainConfig(epochs=150, lr=3e-3, progress=False))
     assert hist.column("loss")[-1] < 0.5 * hist.column("loss")[0]
-    scores = m.score(torch.tensor([[0, 3, 4, 5, 6]]))
+    scores = m.predict(torch.tensor([[0, 3, 4, 5, 6]]))
     assert scores.shape == (1, n + 1) and scores[0, 1:].argmax().item() + 1 == 7
 
 
@@ -84,17 +91,17 @@ def test_frozen_init_survives_training():
     torch.manual_seed(0)
     init = torch.randn(21, 16)
     init[0] = 0
-    m = SASRec(20, hidden=16, max_len=5, item_init=init, freeze_init=True)
+    m = SASRec(20, SASRecConfig(hidden=16, max_len=5), item_init=init, freeze_init=True)
     windows = training_windows([np.arange(1, 20)] * 4, 6)
-    fit(m, lambda e: [windows], epochs=3, lr=1e-2, progress=False)
+    fit(m, lambda e: [windows], TrainConfig(epochs=3, lr=1e-2, progress=False))
     assert torch.equal(m.items.table.detach(), init)
-    m2 = BERT4Rec(20, hidden=16, max_len=5, item_init=init, freeze_init=False)
-    fit(m2, lambda e: [windows], epochs=3, lr=1e-2, progress=False)
+    m2 = BERT4Rec(20, BERT4RecConfig(hidden=16, max_len=5), item_init=init, freeze_init=False)
+    fit(m2, lambda e: [windows], TrainConfig(epochs=3, lr=1e-2, progress=False))
     assert not torch.equal(m2.items.table.detach(), init)
 
 
 def test_popularity_scores_training_counts(tiny):
     pop = Popularity(tiny)
-    s = pop.score_users(np.arange(3))
+    s = pop.predict(np.arange(3))
     assert s.shape == (3, tiny.n_items + 1)
     assert torch.equal(s[0], torch.as_tensor(tiny.item_counts(), dtype=torch.float32))

@@ -69,7 +69,7 @@ def test_sasrec_bce_gradient_is_the_same_run_to_run():
     """SASRec's BCE loss gathers item rows with repeated ids; its gradient must not depend on
     the order in which CPU threads finish. With ``w[ids]`` (advanced indexing) it did: at this
     size every repetition gave a different gradient on 2 threads (see models/sasrec.py)."""
-    from recutils.models import SASRec
+    from recutils.models import SASRec, SASRecConfig
 
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -77,7 +77,7 @@ def test_sasrec_bce_gradient_is_the_same_run_to_run():
         grads = []
         for _ in range(4):
             torch.manual_seed(0)
-            m = SASRec(1682, hidden=64, max_len=50, loss="bce")
+            m = SASRec(1682, SASRecConfig(hidden=64, max_len=50, loss="bce"))
             m.loss(torch.randint(1, 1683, (64, 51))).backward()
             grads.append(m.items.table.grad.clone())
     finally:

@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recutils.data.sequences import kcore, min_count, pad_sequences, prepare, time_order
+from recutils.batching import pad_sequences
+from recutils.data.sequences import kcore, min_count, prepare, time_order
 from recutils.training import training_windows
 from tests.conftest import make_raw
 

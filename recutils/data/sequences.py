@@ -21,7 +21,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
-import torch
 
 from recutils.data.registry import RawDataset
 
@@ -199,13 +198,3 @@ def prepare(
 
 def _natural_key(raw_id: str):
     return (0, int(raw_id), "") if raw_id.isdigit() else (1, 0, raw_id)
-
-
-def pad_sequences(seqs: list[np.ndarray], max_len: int, pad_value: int = 0) -> torch.Tensor:
-    """Left-pad (or left-truncate) each sequence to ``max_len``: the most recent item is last."""
-    out = torch.full((len(seqs), max_len), pad_value, dtype=torch.long)
-    for row, s in enumerate(seqs):
-        s = s[-max_len:]
-        if len(s):
-            out[row, max_len - len(s):] = torch.tensor(np.asarray(s, dtype=np.int64))
-    return out

@@ -1,8 +1,8 @@
 """One readable file per model. Import the class you need from its module."""
 
-from recutils.models.bert4rec import BERT4Rec
+from recutils.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recutils.models.embedding import ItemEmbedding
 from recutils.models.popularity import Popularity
-from recutils.models.sasrec import SASRec
+from recutils.models.sasrec import SASRec, SASRecConfig
 
-__all__ = ["BERT4Rec", "ItemEmbedding", "Popularity", "SASRec"]
+__all__ = ["BERT4Rec", "BERT4RecConfig", "ItemEmbedding", "Popularity", "SASRec", "SASRecConfig"]

@@ -5,18 +5,12 @@ predicted from both sides. At inference [MASK] is appended after the history and
 output at that position scores every item. The [MASK] row stays randomly initialised
 when the item table starts from a given matrix (as in LLM2BERT4Rec).
 
-Defaults::
-
-    hidden: 64          # embedding width (Harte et al. tuned: 208 for LLM2BERT4Rec)
-    n_layers: 2
-    n_heads: 2
-    inner: 256
-    dropout: 0.2
-    max_len: 50         # including the appended [MASK]
-    mask_prob: 0.2      # RecBole 0.2; Harte et al. tuned 0.5-0.65; Elephant 0.15
+Hyper-parameters live in :class:`BERT4RecConfig`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,17 +21,34 @@ from recutils.models.embedding import ItemEmbedding
 from recutils.models.transformer import SequenceEncoder, init_weights
 
 
+@dataclass(frozen=True)
+class BERT4RecConfig:
+    """BERT4Rec's hyper-parameters (defaults: RecBole-like; Sun et al.'s in comments)."""
+
+    hidden: int = 64        # embedding width (paper: 64; Harte et al. tuned 208 for LLM2BERT4Rec)
+    n_layers: int = 2       # Transformer blocks (paper: 2)
+    n_heads: int = 2        # attention heads (paper: 2)
+    inner: int = 256        # feed-forward width (paper: 4 x hidden)
+    dropout: float = 0.2    # (paper: 0.1)
+    max_len: int = 50       # positions, including the appended [MASK] (paper: 200 on ML-1M)
+    mask_prob: float = 0.2  # cloze masking rate (RecBole 0.2; paper 0.2 on ML-1M; Elephant 0.15)
+
+
 class BERT4Rec(nn.Module):
-    def __init__(self, n_items: int, hidden: int = 64, n_layers: int = 2, n_heads: int = 2,
-                 inner: int = 256, dropout: float = 0.2, max_len: int = 50, mask_prob: float = 0.2,
+    """``BERT4Rec(n_items, BERT4RecConfig(...))``; ``item_init`` optionally fills the item table."""
+
+    def __init__(self, n_items: int, config: BERT4RecConfig | None = None,
                  item_init: torch.Tensor | np.ndarray | None = None, freeze_init: bool = False) -> None:
         super().__init__()
-        self.n_items, self.max_len, self.mask_prob = n_items, max_len, mask_prob
+        c = self.config = config or BERT4RecConfig()
+        self.n_items, self.max_len, self.mask_prob = n_items, c.max_len, c.mask_prob
         self.mask_id = n_items + 1
-        self.encoder = SequenceEncoder(max_len, hidden, n_layers, n_heads, inner, dropout, causal=False)
-        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden))
+        self.encoder = SequenceEncoder(c.max_len, c.hidden, c.n_layers, c.n_heads, c.inner,
+                                       c.dropout, causal=False)
+        self.head = nn.Sequential(nn.Linear(c.hidden, c.hidden), nn.GELU(), nn.LayerNorm(c.hidden))
         init_weights(self)
-        self.items = ItemEmbedding(n_items, hidden, init=item_init, freeze=freeze_init, extra_rows=1)
+        self.items = ItemEmbedding(n_items, c.hidden, init=item_init, freeze=freeze_init,
+                                   extra_rows=1)
         self.bias = nn.Parameter(torch.zeros(n_items + 1))
 
     def forward(self, seq: torch.Tensor, return_attention: bool = False):
@@ -50,7 +61,7 @@ class BERT4Rec(nn.Module):
         """Scores over ids 0..n_items (the [MASK] row is never a prediction)."""
         return self.head(h) @ self.items.weight[: self.n_items + 1].T + self.bias
 
-    def score(self, seq: torch.Tensor) -> torch.Tensor:
+    def predict(self, seq: torch.Tensor) -> torch.Tensor:
         """Scores [B, n_items + 1] for the next item: [MASK] is appended to each history."""
         mask = torch.full((seq.size(0), 1), self.mask_id, dtype=seq.dtype, device=seq.device)
         seq = torch.cat([seq[:, -(self.max_len - 1):], mask], dim=1)

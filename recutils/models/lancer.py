@@ -36,8 +36,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from recutils.batching import to_device
 from recutils.data.text import readable_title
-from recutils.training import to_device
 
 # --- text -----------------------------------------------------------------------------------
 

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from recutils.mapping import TitleIndex, nearest_items, rank_from_generations
-from recutils.models.bert4rec import BERT4Rec
+from recutils.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recutils.models.embedding import pca_init
-from recutils.models.sasrec import SASRec
+from recutils.models.sasrec import SASRec, SASRecConfig
 
 COMBINATIONS = ("last", "mean", "linear", "harmonic", "exponential")
 SIMILARITIES = ("cosine", "dot")
@@ -127,16 +127,18 @@ class LLMSeqSim:
 
 # --- LLM2SASRec / LLM2BERT4Rec ---------------------------------------------------------------
 
-def llm2sasrec(item_emb: np.ndarray, hidden: int = 64, std: float | None = 0.02, **kwargs) -> SASRec:
+def llm2sasrec(item_emb: np.ndarray, config: SASRecConfig | None = None,
+               std: float | None = 0.02) -> SASRec:
     """SASRec whose item table starts from the PCA of LLM item embeddings (trainable)."""
-    n_items = len(item_emb) - 1
-    return SASRec(n_items, hidden=hidden, item_init=pca_init(item_emb, hidden, std), **kwargs)
+    config = config or SASRecConfig()
+    return SASRec(len(item_emb) - 1, config, item_init=pca_init(item_emb, config.hidden, std))
 
 
-def llm2bertrec(item_emb: np.ndarray, hidden: int = 64, std: float | None = 0.02, **kwargs) -> BERT4Rec:
+def llm2bertrec(item_emb: np.ndarray, config: BERT4RecConfig | None = None,
+                std: float | None = 0.02) -> BERT4Rec:
     """LLM2BERT4Rec: BERT4Rec with a PCA-initialised item table; the [MASK] row stays random."""
-    n_items = len(item_emb) - 1
-    return BERT4Rec(n_items, hidden=hidden, item_init=pca_init(item_emb, hidden, std), **kwargs)
+    config = config or BERT4RecConfig()
+    return BERT4Rec(len(item_emb) - 1, config, item_init=pca_init(item_emb, config.hidden, std))
 
 
 # --- LLMSeqPrompt ----------------------------------------------------------------------------

@@ -14,6 +14,6 @@ class Popularity:
     def __init__(self, data: SequenceData) -> None:
         self.counts = torch.as_tensor(data.item_counts(), dtype=torch.float32)
 
-    def score_users(self, users: np.ndarray) -> torch.Tensor:
+    def predict(self, users: np.ndarray) -> torch.Tensor:
         """The same popularity scores for every user in ``users``: [len(users), n_items + 1]."""
         return self.counts.expand(len(users), -1)

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recutils.training import to_device
+from recutils.batching import to_device
 
 CLS, KEY, VALUE, PAD = 0, 1, 2, 3  # token roles
 

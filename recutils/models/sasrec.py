@@ -5,18 +5,13 @@ dotted with every item embedding, scores the item at t + 1. Trained on every pos
 every training window in one pass (not on copied prefixes, which is 25x slower for the
 same result).
 
-Defaults (RecBole's, commented as in its YAML)::
-
-    hidden: 64          # item and position embedding width (A-LLMRec / SASRec paper: 50)
-    n_layers: 2         # Transformer blocks
-    n_heads: 2          # attention heads (A-LLMRec: 1)
-    inner: 256          # feed-forward width
-    dropout: 0.5        # on embeddings, attention and blocks (SASRec paper: 0.2 on ML-1M)
-    max_len: 50         # most recent items the model sees (SASRec paper: 200 on ML-1M)
-    loss: "ce"          # "ce": softmax over all items | "bce": one random negative per position
+Hyper-parameters live in :class:`SASRecConfig` (defaults: RecBole's; the paper's values in
+the comments).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,18 +22,36 @@ from recutils.models.embedding import ItemEmbedding
 from recutils.models.transformer import SequenceEncoder, init_weights
 
 
+@dataclass(frozen=True)
+class SASRecConfig:
+    """SASRec's hyper-parameters (defaults: RecBole 1.2.1's; Kang & McAuley's in comments)."""
+
+    hidden: int = 64      # item and position embedding width (paper: 50; A-LLMRec: 50)
+    n_layers: int = 2     # Transformer blocks (paper: 2)
+    n_heads: int = 2      # attention heads (paper: 1)
+    inner: int = 256      # feed-forward width (paper: = hidden)
+    dropout: float = 0.5  # on embeddings, attention and blocks (paper: 0.2 on ML-1M, 0.5 sparse)
+    max_len: int = 50     # most recent items the model sees (paper: 200 on ML-1M, 50 otherwise)
+    loss: str = "ce"      # "ce": softmax over all items | "bce": one random negative (the paper)
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("ce", "bce"):
+            raise ValueError(f"loss must be 'ce' or 'bce', got {self.loss!r}")
+
+
 class SASRec(nn.Module):
-    def __init__(self, n_items: int, hidden: int = 64, n_layers: int = 2, n_heads: int = 2,
-                 inner: int = 256, dropout: float = 0.5, max_len: int = 50, loss: str = "ce",
+    """``SASRec(n_items, SASRecConfig(...))``; ``item_init`` optionally fills the item table."""
+
+    def __init__(self, n_items: int, config: SASRecConfig | None = None,
                  item_init: torch.Tensor | np.ndarray | None = None, freeze_init: bool = False) -> None:
         super().__init__()
-        if loss not in ("ce", "bce"):
-            raise ValueError(f"loss must be 'ce' or 'bce', got {loss!r}")
-        self.n_items, self.max_len, self.loss_type = n_items, max_len, loss
-        self.encoder = SequenceEncoder(max_len, hidden, n_layers, n_heads, inner, dropout, causal=True)
+        c = self.config = config or SASRecConfig()
+        self.n_items, self.max_len, self.loss_type = n_items, c.max_len, c.loss
+        self.encoder = SequenceEncoder(c.max_len, c.hidden, c.n_layers, c.n_heads, c.inner,
+                                       c.dropout, causal=True)
         init_weights(self)
         # after init_weights, so a given initialisation is not overwritten
-        self.items = ItemEmbedding(n_items, hidden, init=item_init, freeze=freeze_init)
+        self.items = ItemEmbedding(n_items, c.hidden, init=item_init, freeze=freeze_init)
 
     def forward(self, seq: torch.Tensor, return_attention: bool = False):
         """``seq`` [B, L] left-padded item ids -> hidden states [B, L, hidden] (+ attention maps)."""
@@ -46,7 +59,7 @@ class SASRec(nn.Module):
         x, maps = self.encoder(self.items(seq), seq)
         return (x, maps) if return_attention else x
 
-    def score(self, seq: torch.Tensor) -> torch.Tensor:
+    def predict(self, seq: torch.Tensor) -> torch.Tensor:
         """Scores [B, n_items + 1] for the item after the last one of each sequence."""
         return self.forward(seq)[:, -1] @ self.items.weight.T
 
