@@ -10,6 +10,7 @@ from recutils.notebook import (  # noqa: E402
     Recorder,
     UnknownParameterError,
     check_parameters,
+    load_all_results,
     load_results,
     preset,
 )
@@ -55,6 +56,11 @@ def test_recorder_writes_results_and_figures(tmp_path):
     assert load_results("07", "smoke", root=tmp_path)["model"]["n"] == 3
     with pytest.raises(FileNotFoundError, match="run notebook 08"):
         load_results("08", "smoke", root=tmp_path)
+    Recorder("09", "smoke", root=tmp_path).record("x", 1)
+    Recorder("09", "default", root=tmp_path).record("x", 2)
+    assert load_all_results("smoke", root=tmp_path) == {"07": load_results("07", "smoke", root=tmp_path),
+                                                        "09": {"x": 1}}
+    assert list(load_all_results("smoke", root=tmp_path, exclude=("07",))) == ["09"]
 
 
 def test_method_and_claim_records(tmp_path):
