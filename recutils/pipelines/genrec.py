@@ -125,22 +125,22 @@ class Ablation:
 class GenRecPipeline:
     """GenRec's stages on one dataset: batches, training of a variant, beam search.
 
-    ``model`` shapes the network and the inputs (``max_items``, ``p_last``, ``beams``);
+    ``config`` shapes the network and the inputs (``max_items``, ``p_last``, ``beams``);
     ``pretrain`` and ``finetune`` are the two stages' :class:`TrainConfig` (their
     ``batch_size`` sizes the batches; ``select="min"``: the validation NLL is a loss).
     ``per_user`` is the number of training examples drawn per user and epoch.
     """
 
-    def __init__(self, data: SequenceData, model: GenRecConfig, pretrain: TrainConfig,
+    def __init__(self, data: SequenceData, config: GenRecConfig, pretrain: TrainConfig,
                  finetune: TrainConfig, per_user: int, device: torch.device | str = "cpu",
                  tokenizer=None, valid_chunk: int = 256, beam_batch: int = 64) -> None:
         if pretrain.select != "min" or finetune.select != "min":
             raise ValueError("GenRec selects on the validation NLL (lower is better): "
                              "use TrainConfig(select='min') for both stages")
-        self.data, self.config, self.device = data, model, torch.device(device)
+        self.data, self.config, self.device = data, config, torch.device(device)
         self.pretrain_config, self.finetune_config = pretrain, finetune
         self.per_user, self.beam_batch = per_user, beam_batch
-        self.tokenizer = tokenizer or make_tokenizer(model)
+        self.tokenizer = tokenizer or make_tokenizer(config)
         self.train_seqs = data.train_sequences()
         self.valid_in, self.test_in = data.inputs("valid"), data.inputs("test")
         self.train_users = np.array([u for u, s in enumerate(self.train_seqs) if len(s) >= 2])
@@ -148,7 +148,7 @@ class GenRecPipeline:
         targets = data.targets("valid")
         chunks = np.array_split(np.arange(data.n_users), max(1, data.n_users // valid_chunk))
         self.valid_batches = [next_item_batch(self.tokenizer, us, [self.valid_in[u] for u in us],
-                                              targets[us], model.max_items) for us in chunks]
+                                              targets[us], config.max_items) for us in chunks]
 
     # --- batches ------------------------------------------------------------------------------
 
