@@ -55,7 +55,7 @@ def test_tokenizer_rejects_other_words():
 
 def test_encoder_input_aligns_ids_with_words_by_hand():
     b = encode_inputs(TOK, [3], [[12, 5]], append_mask=True)
-    toks = [TOK.vocab[i] for i in b["input_ids"][0].tolist()]
+    toks = TOK.tokens(b["input_ids"][0].tolist())
     assert toks == ["<s>", "user", "_", "3", "item", "_", "12", "item", "_", "5", "<mask>", "</s>"]
     assert b["user_ids"][0].tolist() == [0, 4, 4, 4, 0, 0, 0, 0, 0, 0, 0, 0]   # user 3 -> row 4
     assert b["item_ids"][0].tolist() == [0, 0, 0, 0, 12, 12, 12, 5, 5, 5, 0, 0]
@@ -236,6 +236,9 @@ class StubBPE:
     def decode(self, ids, skip_special_tokens=True):
         return "".join(chr(i - 4) for i in ids if i >= 4)
 
+    def convert_ids_to_tokens(self, ids):
+        return [chr(i - 4) if i >= 4 else f"<{i}>" for i in ids]
+
 
 def test_pretrained_tokenizer_wrapper_keeps_words_aligned():
     from recutils.models.genrec import HFWordTokenizer
@@ -244,6 +247,7 @@ def test_pretrained_tokenizer_wrapper_keeps_words_aligned():
     b = encode_inputs(tok, [6], [[12, 345]], append_mask=True)
     words = tok.decode(b["input_ids"][0].tolist())
     assert words == "user_6 item_12 item_345"                # later words carry a leading space
+    assert "".join(tok.tokens(b["input_ids"][0].tolist())) == "<0>user_6 item_12 item_345<3><2>"
     ids = b["item_ids"][0].tolist()
     assert ids.count(12) == len(" item_12") and ids.count(345) == len(" item_345")
     assert b["user_ids"][0].tolist().count(7) == len("user_6")
