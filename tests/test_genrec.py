@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from recutils.batching import IGNORE_INDEX as IGNORE
 from recutils.models.genrec import (
-    IGNORE,
     DigitPieceTokenizer,
+    GenRecConfig,
     ItemTrie,
     build_genrec,
     encode_inputs,
@@ -22,9 +23,9 @@ TOK = DigitPieceTokenizer()
 
 def tiny_model(n_users=4, n_items=30, seed=0, **kw):
     torch.manual_seed(seed)
-    cfg = dict(d_model=32, layers=1, heads=2, ffn=64, dropout=0.0)
+    cfg = dict(d_model=32, layers=1, heads=2, ffn=64, dropout=0.0, max_items=6)
     cfg.update(kw)
-    return build_genrec(n_users, n_items, max_items=6, **cfg).eval()
+    return build_genrec(n_users, n_items, GenRecConfig(**cfg)).eval()
 
 
 # --- tokeniser ---------------------------------------------------------------------------------
@@ -54,7 +55,7 @@ def test_tokenizer_rejects_other_words():
 
 def test_encoder_input_aligns_ids_with_words_by_hand():
     b = encode_inputs(TOK, [3], [[12, 5]], append_mask=True)
-    toks = [TOK.vocab[i] for i in b["input_ids"][0].tolist()]
+    toks = TOK.tokens(b["input_ids"][0].tolist())
     assert toks == ["<s>", "user", "_", "3", "item", "_", "12", "item", "_", "5", "<mask>", "</s>"]
     assert b["user_ids"][0].tolist() == [0, 4, 4, 4, 0, 0, 0, 0, 0, 0, 0, 0]   # user 3 -> row 4
     assert b["item_ids"][0].tolist() == [0, 0, 0, 0, 12, 12, 12, 5, 5, 5, 0, 0]
@@ -161,7 +162,7 @@ def test_beam_search_returns_only_valid_distinct_items():
     m = tiny_model(n_users=5, n_items=57)
     b = next_item_batch(TOK, [0, 1, 2, 3, 4], [[3, 9], [57], [1, 2, 3, 4], [40, 41], [10]], None, 6)
     for beams in (5, 20):
-        ranked = m.recommend(b, beams=beams)
+        ranked = m.predict(b, beams=beams)
         assert len(ranked) == 5
         for r in ranked:
             assert len(r) == beams and len(set(r)) == beams
@@ -175,7 +176,7 @@ def test_beam_ranking_matches_exact_item_likelihoods():
     m = tiny_model(n_users=2, n_items=n_items, seed=3)
     hist = [11, 3, 20]
     b = next_item_batch(TOK, [1], [hist], None, 6)
-    ranked = m.recommend(b, beams=n_items)[0]
+    ranked = m.predict(b, beams=n_items)[0]
     items = list(range(1, n_items + 1))
     scored = next_item_batch(TOK, [1] * n_items, [hist] * n_items, items, 6)
     nll = m.target_nll(scored).numpy()
@@ -200,7 +201,7 @@ def test_tiny_overfit_generates_each_users_next_item():
         loss.backward()
         opt.step()
     assert loss.item() < 0.05 * first
-    top1 = [r[0] for r in m.eval().recommend(batch, beams=5)]
+    top1 = [r[0] for r in m.eval().predict(batch, beams=5)]
     assert top1 == targets
 
 
@@ -235,6 +236,9 @@ class StubBPE:
     def decode(self, ids, skip_special_tokens=True):
         return "".join(chr(i - 4) for i in ids if i >= 4)
 
+    def convert_ids_to_tokens(self, ids):
+        return [chr(i - 4) if i >= 4 else f"<{i}>" for i in ids]
+
 
 def test_pretrained_tokenizer_wrapper_keeps_words_aligned():
     from recutils.models.genrec import HFWordTokenizer
@@ -243,6 +247,7 @@ def test_pretrained_tokenizer_wrapper_keeps_words_aligned():
     b = encode_inputs(tok, [6], [[12, 345]], append_mask=True)
     words = tok.decode(b["input_ids"][0].tolist())
     assert words == "user_6 item_12 item_345"                # later words carry a leading space
+    assert "".join(tok.tokens(b["input_ids"][0].tolist())) == "<0>user_6 item_12 item_345<3><2>"
     ids = b["item_ids"][0].tolist()
     assert ids.count(12) == len(" item_12") and ids.count(345) == len(" item_345")
     assert b["user_ids"][0].tolist().count(7) == len("user_6")

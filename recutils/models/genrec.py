@@ -23,28 +23,44 @@ so tokens of one word share the word's ID embedding and the trie has real branch
 a vocabulary of about 120 tokens. :class:`HFWordTokenizer` wraps a pretrained BPE tokenizer
 (``facebook/bart-base`` at ``SCALE="paper"``, which needs a network).
 
-Defaults (small, from scratch; the paper fine-tunes bart-base, 6+6 layers, 768-d)::
-
-    d_model: 128        # bart-base: 768
-    layers: 2           # encoder and decoder layers each (bart-base: 6)
-    heads: 4            # bart-base: 12
-    ffn: 256            # bart-base: 3072
-    dropout: 0.1
-    max_items: 20       # most recent history items in the input (paper: up to 512 tokens)
-    p_last: 0.3         # pre-training: how often the masked item is the last one
-    beams: 20           # beam width = number of items returned (paper: 20)
+Hyper-parameters live in :class:`GenRecConfig` (defaults: a small BART from scratch; the
+paper's values, ``facebook/bart-base``, in the comments). Inference is :meth:`GenRec.predict`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE = -100  # label value that the loss skips
+from recutils.batching import IGNORE_INDEX, collate, pad_rows
+
+
+@dataclass(frozen=True)
+class GenRecConfig:
+    """GenRec's hyper-parameters (defaults: a small BART from scratch; the paper's in comments).
+
+    The sizes shape a from-scratch BART only; a pretrained ``backbone`` keeps its own.
+    """
+
+    backbone: str | None = None       # None: BART built from this config (paper: "facebook/bart-base")
+    d_model: int = 128                # hidden width (bart-base: 768)
+    layers: int = 2                   # encoder layers, and as many decoder layers (bart-base: 6 + 6)
+    heads: int = 4                    # attention heads (bart-base: 12)
+    ffn: int = 256                    # feed-forward width (bart-base: 3072)
+    dropout: float = 0.1              # on hidden states and attention weights (bart-base: 0.1)
+    max_positions: int | None = None  # position table; None: fits max_items items (bart-base: 1024)
+    max_items: int = 20               # most recent history items in the input (paper: <= 512 tokens)
+    p_last: float = 0.3               # pre-training: P(the masked item is the last one) (code: 0.3)
+    beams: int = 20                   # beam width = items returned per user (paper: 20; code: 21)
+
+    def __post_init__(self) -> None:
+        if self.max_items < 2 or self.beams < 1 or not 0.0 <= self.p_last <= 1.0:
+            raise ValueError(f"need max_items >= 2, beams >= 1, 0 <= p_last <= 1; got {self}")
 
 
 # --- tokenisers -------------------------------------------------------------------------------
@@ -80,6 +96,10 @@ class DigitPieceTokenizer:
         pieces = [number[i:i + self.piece] for i in range(0, len(number), self.piece)]
         return [self.index[prefix], self.index["_"]] + [self.index[p] for p in pieces]
 
+    def tokens(self, ids: Sequence[int]) -> list[str]:
+        """The token strings of ``ids`` (for display)."""
+        return [self.vocab[int(i)] for i in ids]
+
     def decode(self, ids: Sequence[int]) -> str:
         """Tokens back to words: pieces join, a new ``user``/``item`` token starts a new word."""
         words: list[str] = []
@@ -103,20 +123,24 @@ class HFWordTokenizer:
     """
 
     def __init__(self, tokenizer) -> None:
-        self.tok = tokenizer
+        self.tokenizer = tokenizer
         self.bos_token_id, self.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
         self.eos_token_id, self.mask_token_id = tokenizer.eos_token_id, tokenizer.mask_token_id
         self.special_ids = set(tokenizer.all_special_ids)
 
     @property
     def vocab_size(self) -> int:
-        return len(self.tok)
+        return len(self.tokenizer)
 
     def word_tokens(self, word: str, first: bool = False) -> list[int]:
-        return self.tok((word if first else " " + word), add_special_tokens=False)["input_ids"]
+        return self.tokenizer((word if first else " " + word), add_special_tokens=False)["input_ids"]
+
+    def tokens(self, ids: Sequence[int]) -> list[str]:
+        """The token strings of ``ids`` (for display)."""
+        return self.tokenizer.convert_ids_to_tokens([int(i) for i in ids])
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tok.decode([int(i) for i in ids], skip_special_tokens=True).strip()
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True).strip()
 
 
 def item_word(item: int) -> str:
@@ -167,27 +191,17 @@ def encode_inputs(tokenizer, users: Sequence[int], histories: Sequence[Sequence[
         rows.append(toks)
         uids.append(urow)
         iids.append(irow)
-    width = max(len(r) for r in rows)
-    out = {k: torch.zeros(len(rows), width, dtype=torch.long)
-           for k in ("input_ids", "attention_mask", "user_ids", "item_ids")}
-    out["input_ids"].fill_(tokenizer.pad_token_id)
-    for b, (r, ur, ir) in enumerate(zip(rows, uids, iids)):
-        n = len(r)
-        out["input_ids"][b, :n] = torch.tensor(r)
-        out["attention_mask"][b, :n] = 1
-        out["user_ids"][b, :n] = torch.tensor(ur)
-        out["item_ids"][b, :n] = torch.tensor(ir)
-    return out
+    examples = [{"input_ids": r, "attention_mask": [1] * len(r), "user_ids": ur, "item_ids": ir}
+                for r, ur, ir in zip(rows, uids, iids)]
+    pads = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0, "user_ids": 0, "item_ids": 0}
+    return collate(examples, pads, side="right")
 
 
 def encode_targets(tokenizer, items: Sequence[int]) -> torch.Tensor:
-    """Decoder labels: the tokens of ``item_i`` then ``</s>``, padded with :data:`IGNORE`."""
+    """Decoder labels: the tokens of ``item_i`` then ``</s>``, padded with ``IGNORE_INDEX``."""
     rows = [tokenizer.word_tokens(item_word(i), first=True) + [tokenizer.eos_token_id]
             for i in items]
-    out = torch.full((len(rows), max(len(r) for r in rows)), IGNORE, dtype=torch.long)
-    for b, r in enumerate(rows):
-        out[b, :len(r)] = torch.tensor(r)
-    return out
+    return pad_rows(rows, IGNORE_INDEX, side="right")
 
 
 def pretrain_batch(tokenizer, users: Sequence[int], sequences: Sequence[np.ndarray],
@@ -272,16 +286,16 @@ class ItemTrie:
 
 # --- the model --------------------------------------------------------------------------------
 
-def bart_config(vocab_size: int, d_model: int = 128, layers: int = 2, heads: int = 4,
-                ffn: int = 256, dropout: float = 0.1, max_positions: int = 128, tokenizer=None):
-    """A small :class:`transformers.BartConfig` built from scratch (no download)."""
+def bart_config(vocab_size: int, config: GenRecConfig, tokenizer, max_positions: int):
+    """A small :class:`transformers.BartConfig` shaped by ``config`` (built locally, no download)."""
     from transformers import BartConfig
 
-    tok = tokenizer or DigitPieceTokenizer()
-    return BartConfig(vocab_size=vocab_size, d_model=d_model, encoder_layers=layers,
-                      decoder_layers=layers, encoder_attention_heads=heads,
-                      decoder_attention_heads=heads, encoder_ffn_dim=ffn, decoder_ffn_dim=ffn,
-                      dropout=dropout, attention_dropout=dropout, max_position_embeddings=max_positions,
+    c, tok = config, tokenizer
+    return BartConfig(vocab_size=vocab_size, d_model=c.d_model, encoder_layers=c.layers,
+                      decoder_layers=c.layers, encoder_attention_heads=c.heads,
+                      decoder_attention_heads=c.heads, encoder_ffn_dim=c.ffn, decoder_ffn_dim=c.ffn,
+                      dropout=c.dropout, attention_dropout=c.dropout,
+                      max_position_embeddings=max_positions,
                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                       eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.eos_token_id,
                       forced_bos_token_id=None, forced_eos_token_id=None)
@@ -291,13 +305,16 @@ class GenRec(nn.Module):
     """BART encoder-decoder + user and item ID embeddings, trained with the cloze objectives.
 
     ``bart`` is a :class:`transformers.BartForConditionalGeneration` (from a config at
-    default scale, ``from_pretrained("facebook/bart-base")`` at paper scale).
+    default scale, ``from_pretrained("facebook/bart-base")`` at paper scale). Use
+    :func:`build_genrec` to make one from a :class:`GenRecConfig`.
     """
 
-    def __init__(self, bart, tokenizer, n_users: int, n_items: int, max_items: int = 20) -> None:
+    def __init__(self, bart, tokenizer, n_users: int, n_items: int,
+                 config: GenRecConfig | None = None) -> None:
         super().__init__()
-        self.bart, self.tok = bart, tokenizer
-        self.n_users, self.n_items, self.max_items = n_users, n_items, max_items
+        self.config = config or GenRecConfig()
+        self.bart, self.tokenizer = bart, tokenizer
+        self.n_users, self.n_items, self.max_items = n_users, n_items, self.config.max_items
         d = bart.config.d_model
         # row 0 = "no ID" (special and masked tokens) stays zero; users are shifted by one
         self.user_emb = nn.Embedding(n_users + 1, d, padding_idx=0)
@@ -330,16 +347,20 @@ class GenRec(nn.Module):
         """Negative log-likelihood of each row's target item word [B] (for model selection)."""
         logits = self.forward(batch).logits
         labels = batch["labels"]
-        nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
+        nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
+                              reduction="none")
         return nll.sum(1)
 
     @torch.no_grad()
-    def recommend(self, batch: dict, beams: int = 20, k: int | None = None) -> list[list[int]]:
-        """Top ``k`` (default ``beams``) items per row by trie-constrained beam search, best first.
+    def predict(self, batch: dict, beams: int | None = None, k: int | None = None
+                ) -> list[list[int]]:
+        """Top ``k`` (default: all beams) items per row by trie-constrained beam search, best first.
 
-        Beams are ranked by the summed log-probability of their tokens (no length
-        penalty, so an item's score is the model's probability of its word).
+        ``beams`` defaults to ``config.beams``. Beams are ranked by the summed
+        log-probability of their tokens (no length penalty, so an item's score is the
+        model's probability of its word).
         """
+        beams = beams or self.config.beams
         k = k or beams
         trie = self.trie
 
@@ -367,40 +388,54 @@ class GenRec(nn.Module):
         return ranked
 
 
-def build_genrec(n_users: int, n_items: int, tokenizer=None, backbone: str | None = None,
-                 max_items: int = 20, **config) -> GenRec:
-    """A :class:`GenRec` with a from-scratch BART (``backbone=None``) or a pretrained one.
+def _pretrained(load, backbone: str):
+    """``load()`` without moving the seeded generators; a clear error when offline."""
+    from recutils.lm import ModelNotAvailableError
+    from recutils.reproducibility import preserved_rng
+    try:
+        with preserved_rng():  # loading must not move the seeded generators
+            return load()
+    except (OSError, ValueError) as e:
+        raise ModelNotAvailableError(
+            f"Could not load {backbone!r} ({type(e).__name__}: {e}). No pretrained BART is "
+            "embedded for offline use: SCALE='paper' needs the Hugging Face hub; the default "
+            "scale builds a small BART from a config instead.") from e
 
-    ``backbone`` (e.g. ``"facebook/bart-base"``) needs the Hugging Face hub; offline it
-    raises :class:`recutils.lm.ModelNotAvailableError`. ``config`` (``d_model``, ``layers``,
-    ``heads``, ``ffn``, ``dropout``, ``max_positions``) only shapes a from-scratch BART; a
-    pretrained backbone keeps its own sizes.
+
+def make_tokenizer(config: GenRecConfig | None = None):
+    """The tokenizer that goes with ``config``: digit pieces from scratch, the backbone's BPE else."""
+    config = config or GenRecConfig()
+    if config.backbone is None:
+        return DigitPieceTokenizer()
+    from transformers import AutoTokenizer
+
+    return HFWordTokenizer(_pretrained(lambda: AutoTokenizer.from_pretrained(config.backbone),
+                                       config.backbone))
+
+
+def build_genrec(n_users: int, n_items: int, config: GenRecConfig | None = None,
+                 tokenizer=None) -> GenRec:
+    """A :class:`GenRec` with a from-scratch BART (``config.backbone`` None) or a pretrained one.
+
+    A pretrained ``backbone`` (e.g. ``"facebook/bart-base"``) needs the Hugging Face hub;
+    offline it raises :class:`recutils.lm.ModelNotAvailableError`. ``tokenizer`` defaults
+    to :func:`make_tokenizer` of the config.
     """
     from transformers import BartForConditionalGeneration
 
-    if backbone is None:
-        tokenizer = tokenizer or DigitPieceTokenizer()
+    config = config or GenRecConfig()
+    tokenizer = tokenizer or make_tokenizer(config)
+    if config.backbone is None:
         longest = 4 + len(tokenizer.word_tokens(user_word(n_users))) + \
-            max_items * len(tokenizer.word_tokens(item_word(n_items)))
-        config.setdefault("max_positions", max(64, longest))
-        cfg = bart_config(tokenizer.vocab_size, tokenizer=tokenizer, **config)
+            config.max_items * len(tokenizer.word_tokens(item_word(n_items)))
+        positions = config.max_positions or max(64, longest)
+        cfg = bart_config(tokenizer.vocab_size, config, tokenizer, positions)
         cfg._attn_implementation = "eager"  # attention weights for the figures
         bart = BartForConditionalGeneration(cfg)
     else:
-        from transformers import AutoTokenizer
-
-        from recutils.lm import ModelNotAvailableError
-        from recutils.reproducibility import preserved_rng
-        try:
-            with preserved_rng():  # loading must not move the seeded generators
-                tokenizer = tokenizer or HFWordTokenizer(AutoTokenizer.from_pretrained(backbone))
-                bart = BartForConditionalGeneration.from_pretrained(backbone, attn_implementation="eager")
-        except (OSError, ValueError) as e:
-            raise ModelNotAvailableError(
-                f"Could not load {backbone!r} ({type(e).__name__}: {e}). No pretrained BART is "
-                "embedded for offline use: SCALE='paper' needs the Hugging Face hub; the default "
-                "scale builds a small BART from a config instead.") from e
-    return GenRec(bart, tokenizer, n_users, n_items, max_items=max_items)
+        bart = _pretrained(lambda: BartForConditionalGeneration.from_pretrained(
+            config.backbone, attn_implementation="eager"), config.backbone)
+    return GenRec(bart, tokenizer, n_users, n_items, config)
 
 
 def item_attention(attentions: Sequence[torch.Tensor], item_ids: torch.Tensor,
