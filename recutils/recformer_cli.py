@@ -18,6 +18,7 @@ from recutils.models.recformer import RecFormer, load_checkpoint, tokenize_items
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Draw the maps of ``argv`` (see ``--help``); 0 on success, 2 for a missing or bad checkpoint."""
     ap = argparse.ArgumentParser(description="Draw [CLS] attention maps (vanilla backbone vs a "
                                              "checkpoint) for one user, as in Fig. 1 of Qu et al.")
     ap.add_argument("checkpoint", help="a file written by save_checkpoint (e.g. build/05_recformer_default.pt)")
