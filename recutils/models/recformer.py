@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recutils.batching import IGNORE_INDEX, to_device
+from recutils.batching import IGNORE_INDEX, collate, seeded_batches, to_device
 
 CLS, KEY, VALUE, PAD = 0, 1, 2, 3  # token roles
 
@@ -103,21 +103,10 @@ def sequence_batch(item_tokens: Sequence[tuple[list[int], list[int]]], histories
             ids += t
             roles += r
             pos += [k] * len(t)
-        rows.append((ids, roles, pos))
-    width = max(len(r[0]) for r in rows)
-    batch = {
-        "input_ids": torch.full((len(rows), width), pad_id, dtype=torch.long),
-        "roles": torch.full((len(rows), width), PAD, dtype=torch.long),
-        "item_positions": torch.zeros((len(rows), width), dtype=torch.long),
-        "attention_mask": torch.zeros((len(rows), width), dtype=torch.long),
-    }
-    for i, (ids, roles, pos) in enumerate(rows):
-        n = len(ids)
-        batch["input_ids"][i, :n] = torch.tensor(ids)
-        batch["roles"][i, :n] = torch.tensor(roles)
-        batch["item_positions"][i, :n] = torch.tensor(pos)
-        batch["attention_mask"][i, :n] = 1
-    return batch
+        rows.append({"input_ids": ids, "roles": roles, "item_positions": pos,
+                     "attention_mask": [1] * len(ids)})
+    pad = {"input_ids": pad_id, "roles": PAD, "item_positions": 0, "attention_mask": 0}
+    return collate(rows, pad, side="right")
 
 
 def item_batch(item_tokens, items: Iterable[int], cls_id: int, pad_id: int) -> dict[str, torch.Tensor]:
@@ -273,18 +262,17 @@ def finetune_loss(model: RecFormer, batch: dict, table: torch.Tensor) -> torch.T
 
 def example_batches(examples: list[tuple[int, int]], sequences, item_tokens, cls_id: int, pad_id: int,
                     max_items: int, batch_size: int, seed: int, with_items: bool):
-    """``batches(epoch)`` for :func:`recutils.training.fit`: shuffled (history, target) batches."""
-    def batches(epoch: int):
-        order = np.random.default_rng(seed + epoch).permutation(len(examples))
-        for s in range(0, len(order), batch_size):
-            chunk = [examples[i] for i in order[s:s + batch_size]]
-            hist = [sequences[u][:t] for u, t in chunk]
-            target = torch.tensor([int(sequences[u][t]) for u, t in chunk])
-            b = {"history": sequence_batch(item_tokens, hist, cls_id, pad_id, max_items), "target": target}
-            if with_items:
-                b["item"] = item_batch(item_tokens, target.tolist(), cls_id, pad_id)
-            yield b
-    return batches
+    """``batches(epoch)`` for :func:`recutils.training.fit`: (history, target) batches of the
+    ``(user, t)`` examples, shuffled by ``default_rng(seed + epoch)``
+    (:func:`recutils.batching.seeded_batches`); ``with_items`` adds the encoded targets."""
+    def make(chunk: list[tuple[int, int]]) -> dict:
+        hist = [sequences[u][:t] for u, t in chunk]
+        target = torch.tensor([int(sequences[u][t]) for u, t in chunk])
+        b = {"history": sequence_batch(item_tokens, hist, cls_id, pad_id, max_items), "target": target}
+        if with_items:
+            b["item"] = item_batch(item_tokens, target.tolist(), cls_id, pad_id)
+        return b
+    return seeded_batches(examples, batch_size, seed, make)
 
 
 class RecFormerRecommender:
