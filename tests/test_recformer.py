@@ -271,3 +271,20 @@ def test_longformer_backbone_gives_cls_global_attention():
         cls, cls_far = model.encode(b), model.encode({**b, "input_ids": far})
     assert cls.shape == (1, 16) and torch.isfinite(cls).all()
     assert not torch.allclose(cls, cls_far, atol=1e-5)
+
+
+def test_recformer_config_validates_and_chooses_the_item_vector():
+    with pytest.raises(ValueError, match="pooling"):
+        rf.RecFormerConfig(pooling="max")
+    assert rf.RecFormerConfig(fields=["title"]).fields == ("title",)   # hashable, frozen
+    bert = tiny_bert()
+    items = rf.tokenize_items(WordTokenizer(), ATTRS, 8)
+    cls_model = rf.RecFormer(bert, rf.RecFormerConfig(max_items=4))
+    mean_model = rf.RecFormer(bert, rf.RecFormerConfig(max_items=4, pooling="mean"))
+    t_cls = rf.encode_items(cls_model, items, CLS_ID, PAD_ID)
+    t_mean = rf.encode_items(mean_model, items, CLS_ID, PAD_ID)
+    assert torch.allclose(t_mean, rf.encode_items(cls_model, items, CLS_ID, PAD_ID, pooling="mean"))
+    with torch.no_grad():   # item 3 alone: the mean of its [CLS] + token outputs, vs the [CLS] output
+        out = cls_model(rf.item_batch(items, [3], CLS_ID, PAD_ID))[0]
+    assert torch.allclose(t_mean[3], out.mean(0), atol=1e-6) and torch.allclose(t_cls[3], out[0], atol=1e-6)
+    assert (t_cls[0] == 0).all() and (t_mean[0] == 0).all()
