@@ -154,12 +154,12 @@ def test_recbole_installed_without_data_says_so(tmp_path, monkeypatch):
 
 
 def test_recformer_cli_without_a_checkpoint_says_what_to_do(tmp_path, capsys):
-    from recutils.models import recformer
-    assert recformer.main([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m.png")]) == 2
+    from recutils import recformer_cli
+    assert recformer_cli.main([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m.png")]) == 2
     err = capsys.readouterr().err
     assert "no RecFormer checkpoint at" in err and "make notebook NB=05" in err
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    assert recformer.main([str(junk)]) == 2
+    assert recformer_cli.main([str(junk)]) == 2
     assert "is not a checkpoint written by save_checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "m.png").exists()

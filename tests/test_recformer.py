@@ -9,6 +9,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
+from recutils import recformer_cli
+from recutils.analysis import recformer_attention as ra
 from recutils.models import recformer as rf
 from recutils.models.embedding import pca_init
 
@@ -65,7 +67,7 @@ def test_sequence_batch_puts_the_most_recent_item_first():
 
 def test_untrained_model_is_the_backbone_and_extra_embeddings_matter_after_training():
     bert = tiny_bert()
-    model = rf.RecFormer(bert, max_items=4).eval()
+    model = rf.RecFormer(bert, rf.RecFormerConfig(max_items=4)).eval()
     items = rf.tokenize_items(WordTokenizer(), ATTRS, 8)
     b = rf.sequence_batch(items, [np.array([1, 2, 3])], CLS_ID, PAD_ID, 4)
     with torch.no_grad():
@@ -78,13 +80,13 @@ def test_untrained_model_is_the_backbone_and_extra_embeddings_matter_after_train
 def test_cls_attention_matches_a_hand_computation():
     bert = tiny_bert(layers=2, heads=2, hidden=8)
     bert.set_attn_implementation("sdpa")
-    model = rf.RecFormer(bert, max_items=4)
+    model = rf.RecFormer(bert, rf.RecFormerConfig(max_items=4))
     with torch.no_grad():
         model.roles.weight.normal_(0, 0.5)
         model.item_positions.weight.normal_(0, 0.5)
     items = rf.tokenize_items(WordTokenizer(), ATTRS, 8)
     b = rf.sequence_batch(items, [np.array([1, 2, 3]), np.array([1])], CLS_ID, PAD_ID, 4)
-    att = rf.cls_attention(model, b)
+    att = ra.cls_attention(model, b)
     assert att.shape == (2, 2, 2, b["input_ids"].shape[1])
     assert bert.config._attn_implementation == "sdpa", "the backbone's attention is restored"
     real = b["attention_mask"].bool()
@@ -108,27 +110,27 @@ def test_cls_attention_matches_a_hand_computation():
 def test_attention_per_item_sums_each_items_tokens():
     att = torch.tensor([[0.1, 0.2, 0.3, 0.15, 0.25, 0.0]])           # [B=1, T=6]
     pos = torch.tensor([[0, 1, 1, 2, 2, 0]])
-    out = rf.attention_per_item(att, pos, max_items=3)
+    out = ra.attention_per_item(att, pos, max_items=3)
     assert torch.allclose(out, torch.tensor([[0.1, 0.5, 0.4, 0.0]]))
-    many = rf.attention_per_item(att[:, None, None].expand(1, 2, 3, 6), pos, 3)  # [B, L, H, T]
+    many = ra.attention_per_item(att[:, None, None].expand(1, 2, 3, 6), pos, 3)  # [B, L, H, T]
     assert many.shape == (1, 2, 3, 4) and torch.allclose(many[0, 1, 2], out[0])
 
 
 def test_js_divergence_and_divergence_matrix():
     p = torch.tensor([0.5, 0.5, 0.0])
     q = torch.tensor([0.0, 0.0, 1.0])
-    assert rf.js_divergence(p, p).item() == pytest.approx(0.0, abs=1e-9)
-    assert rf.js_divergence(p, q).item() == pytest.approx(math.log(2), abs=1e-6)
+    assert ra.js_divergence(p, p).item() == pytest.approx(0.0, abs=1e-9)
+    assert ra.js_divergence(p, q).item() == pytest.approx(math.log(2), abs=1e-6)
     r = torch.tensor([0.25, 0.25, 0.5])
     # independent: scipy-free closed form with natural logs
     m = (p + r) / 2
     expected = 0.5 * sum(a * math.log(a / c) for a, c in zip(p.tolist(), m.tolist()) if a > 0) \
         + 0.5 * sum(a * math.log(a / c) for a, c in zip(r.tolist(), m.tolist()) if a > 0)
-    assert rf.js_divergence(p, r).item() == pytest.approx(expected, rel=1e-5)
+    assert ra.js_divergence(p, r).item() == pytest.approx(expected, rel=1e-5)
     dists = torch.stack([p, q, r])[None].expand(4, 3, 3)
-    mat = rf.divergence_matrix(dists)
+    mat = ra.divergence_matrix(dists)
     assert mat.shape == (3, 3) and torch.allclose(mat, mat.T) and torch.allclose(mat.diagonal(), torch.zeros(3), atol=1e-9)
-    within, between = rf.strata_contrast(np.array([[0, 1, 5, 5], [1, 0, 5, 5], [5, 5, 0, 2], [5, 5, 2, 0]]),
+    within, between = ra.strata_contrast(np.array([[0, 1, 5, 5], [1, 0, 5, 5], [5, 5, 0, 2], [5, 5, 2, 0]]),
                                          [[0, 1], [2, 3]])
     assert (within, between) == (1.5, 5.0)
 
@@ -149,7 +151,7 @@ def test_contrastive_loss_by_hand_and_duplicate_targets_are_not_negatives():
 
 
 def test_mask_tokens_only_masks_values_and_pretrain_loss_is_finite():
-    model = rf.RecFormer(tiny_bert(), max_items=4)
+    model = rf.RecFormer(tiny_bert(), rf.RecFormerConfig(max_items=4))
     items = rf.tokenize_items(WordTokenizer(), ATTRS, 8)
     hist = rf.sequence_batch(items, [np.array([1, 2]), np.array([2, 3])], CLS_ID, PAD_ID, 4)
     masked, labels = rf.mask_tokens(hist, MASK_ID, prob=1.0)
@@ -157,13 +159,13 @@ def test_mask_tokens_only_masks_values_and_pretrain_loss_is_finite():
     assert (masked["input_ids"][values] == MASK_ID).all() and (masked["input_ids"][~values] == hist["input_ids"][~values]).all()
     assert (labels[values] == hist["input_ids"][values]).all() and (labels[~values] == -100).all()
     batch = {"history": hist, "item": rf.item_batch(items, [3, 1], CLS_ID, PAD_ID), "target": torch.tensor([3, 1])}
-    loss = rf.pretrain_loss(model, batch, MASK_ID, mlm_weight=0.1)
+    loss = rf.pretrain_loss(model, batch, MASK_ID)
     loss.backward()
     assert torch.isfinite(loss) and model.mlm_bias.grad is not None and model.roles.weight.grad is not None
 
 
 def test_set_trainable_layers():
-    model = rf.RecFormer(tiny_bert(layers=3), max_items=4)
+    model = rf.RecFormer(tiny_bert(layers=3), rf.RecFormerConfig(max_items=4))
     params = rf.set_trainable_layers(model, [2])
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert names and all(n.startswith(("backbone.encoder.layer.2.", "roles.", "item_positions.")) for n in names)
@@ -201,7 +203,7 @@ def test_finetuning_learns_a_deterministic_next_item():
     attrs = [[]] + [[("color", w)] for w in words]
     items = rf.tokenize_items(tok, attrs, 4)
     # a random BERT with the usual 0.02 init gives every item the same [CLS]; start wider
-    model = rf.RecFormer(tiny_bert(layers=2, hidden=32, seed=1, init=0.3), max_items=3, temperature=0.1)
+    model = rf.RecFormer(tiny_bert(layers=2, hidden=32, seed=1, init=0.3), rf.RecFormerConfig(max_items=3, temperature=0.1))
     seqs = [np.array([(s + k) % 6 + 1 for k in range(4)]) for s in range(6)]
     hist = [s[:-1] for s in seqs]
     target = torch.tensor([int(s[-1]) for s in seqs])
@@ -218,7 +220,7 @@ def test_finetuning_learns_a_deterministic_next_item():
         first = loss.item() if first is None else first
     assert loss.item() < first / 4
     table = rf.encode_items(model, items, CLS_ID, PAD_ID)
-    score = rf.recformer_scorer(model, hist, table, items, CLS_ID, PAD_ID)(np.arange(6))
+    score = rf.RecFormerRecommender(model, hist, table, items, CLS_ID, PAD_ID).predict(np.arange(6))
     score[:, 0] = -1e9
     assert (score.argmax(1) == target).float().mean() >= 5 / 6
 
@@ -237,7 +239,7 @@ def test_checkpoint_loads_with_weights_only_and_the_cli_draws_maps(tmp_path):
     tok.save_pretrained(backbone_dir)
     from recutils.lm import load_text_encoder
     bert, _ = load_text_encoder(str(backbone_dir))
-    model = rf.RecFormer(bert, max_items=5)
+    model = rf.RecFormer(bert, rf.RecFormerConfig(max_items=5))
     with torch.no_grad():
         model.roles.weight.normal_()
     path = rf.save_checkpoint(model, tmp_path / "build" / "ckpt.pt", backbone=str(backbone_dir), dataset="ml-100k",
@@ -247,8 +249,9 @@ def test_checkpoint_loads_with_weights_only_and_the_cli_draws_maps(tmp_path):
     assert raw["meta"]["label"] == "tuned"
     loaded, _, meta = rf.load_checkpoint(path)
     assert torch.equal(loaded.roles.weight, model.roles.weight) and meta["item_tokens"] == 8
+    assert loaded.config == model.config, "the config round-trips through weights_only loading"
     out = tmp_path / "maps.png"
-    assert rf.main([str(path), "--user", "7", "--out", str(out)]) == 0
+    assert recformer_cli.main([str(path), "--user", "7", "--out", str(out)]) == 0
     assert out.exists() and out.stat().st_size > 1000
 
 
@@ -259,7 +262,7 @@ def test_longformer_backbone_gives_cls_global_attention():
     cfg = LongformerConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                            intermediate_size=32, max_position_embeddings=130, attention_window=[4],
                            pad_token_id=0, initializer_range=0.3)
-    model = rf.RecFormer(LongformerModel(cfg, add_pooling_layer=False).eval(), max_items=4)
+    model = rf.RecFormer(LongformerModel(cfg, add_pooling_layer=False).eval(), rf.RecFormerConfig(max_items=4))
     items = [([], []), ([5, 6, 7], [1, 2, 2]), ([8, 9, 10], [1, 2, 2]), ([11, 12, 13], [1, 2, 2])]
     b = rf.sequence_batch(items, [np.array([1, 2, 3])], CLS_ID, PAD_ID, 4)
     far = b["input_ids"].clone()
@@ -268,3 +271,20 @@ def test_longformer_backbone_gives_cls_global_attention():
         cls, cls_far = model.encode(b), model.encode({**b, "input_ids": far})
     assert cls.shape == (1, 16) and torch.isfinite(cls).all()
     assert not torch.allclose(cls, cls_far, atol=1e-5)
+
+
+def test_recformer_config_validates_and_chooses_the_item_vector():
+    with pytest.raises(ValueError, match="pooling"):
+        rf.RecFormerConfig(pooling="max")
+    assert rf.RecFormerConfig(fields=["title"]).fields == ("title",)   # hashable, frozen
+    bert = tiny_bert()
+    items = rf.tokenize_items(WordTokenizer(), ATTRS, 8)
+    cls_model = rf.RecFormer(bert, rf.RecFormerConfig(max_items=4))
+    mean_model = rf.RecFormer(bert, rf.RecFormerConfig(max_items=4, pooling="mean"))
+    t_cls = rf.encode_items(cls_model, items, CLS_ID, PAD_ID)
+    t_mean = rf.encode_items(mean_model, items, CLS_ID, PAD_ID)
+    assert torch.allclose(t_mean, rf.encode_items(cls_model, items, CLS_ID, PAD_ID, pooling="mean"))
+    with torch.no_grad():   # item 3 alone: the mean of its [CLS] + token outputs, vs the [CLS] output
+        out = cls_model(rf.item_batch(items, [3], CLS_ID, PAD_ID))[0]
+    assert torch.allclose(t_mean[3], out.mean(0), atol=1e-6) and torch.allclose(t_cls[3], out[0], atol=1e-6)
+    assert (t_cls[0] == 0).all() and (t_mean[0] == 0).all()

@@ -1,4 +1,4 @@
-"""A RecFormer-style recommender on a BERT encoder, and the tools of the Elephant paper's analyses.
+"""A RecFormer-style recommender on a BERT encoder: tokenisation, model, losses, checkpoints.
 
 RecFormer (Li et al., KDD 2023) reads items as text. Each item is a list of ``key value``
 attribute pairs ("title Toy Story genres Animation year 1995"); a user's history is the
@@ -11,7 +11,8 @@ are added to the backbone's word embeddings:
 
 Both start at zero, so the untrained model *is* the backbone (the "vanilla" model of the
 paper's Fig. 1). The [CLS] output is the user vector; an item vector is the [CLS] output of
-the same encoder on that item alone; score = cosine / temperature.
+the same encoder on that item alone; score = cosine / temperature (:meth:`RecFormer.predict`;
+:class:`RecFormerRecommender` gives the evaluator its ``predict(users)``).
 
 Training (Qu et al., RecSys 2024, Sec. 3.1, after RecFormer):
 
@@ -21,34 +22,18 @@ Training (Qu et al., RecSys 2024, Sec. 3.1, after RecFormer):
   (:func:`encode_items`) into a frozen table at the start of every epoch; the loss is the
   softmax over the whole table.
 
-:func:`example_batches` feeds either stage to :func:`recutils.training.fit`.
-
-Analyses (Qu et al., Sec. 3): :func:`cls_attention` returns the [CLS] row of every layer's
-attention, :func:`attention_per_item` sums it over each item's tokens,
-:func:`divergence_matrix` measures how alike layers (or heads) attend, and
+:func:`example_batches` feeds either stage to :func:`recutils.training.fit`;
 :func:`set_trainable_layers` freezes all but chosen layers (the layer-redundancy table).
+The attention analyses are in :mod:`recutils.analysis.recformer_attention`, the command
+line that redraws attention maps from a checkpoint in :mod:`recutils.recformer_cli`.
 ``recutils.models.embedding.pca_init`` turns item vectors into an initial item table for
 SASRec/BERT4Rec.
-
-Defaults::
-
-    backbone: all-MiniLM-L6-v2   # 6 layers x 12 heads, 384-d (paper: Longformer-base, 12 x 12, 768-d)
-    max_items: 20                # most recent history items read (RecFormer: 50)
-    item_tokens: 32              # tokens per item (RecFormer: 32)
-    temperature: 0.05            # cosine / temperature (RecFormer: 0.05)
-    mlm_weight: 0.1              # weight of the MLM loss in pre-training (RecFormer: 0.1)
-    mlm_prob: 0.15               # share of value tokens masked
-
-Command line: regenerate the attention maps of a saved checkpoint (``build/*.pt``)::
-
-    python -m recutils.models.recformer build/05_recformer_default.pt --user 7 --out maps.png
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +41,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recutils.batching import to_device
+from recutils.batching import IGNORE_INDEX, collate, seeded_batches, to_device
 
 CLS, KEY, VALUE, PAD = 0, 1, 2, 3  # token roles
 
+
+@dataclass(frozen=True)
+class RecFormerConfig:
+    """RecFormer's hyper-parameters (defaults: this course's CPU setting; RecFormer's in comments)."""
+
+    max_items: int = 20                          # most recent history items read (RecFormer: 50)
+    item_tokens: int = 32                        # tokens per item (RecFormer: 32)
+    fields: tuple[str, ...] = ("title", "genres")  # item attributes as text (paper: title, brand, category)
+    temperature: float = 0.05                    # score = cosine / temperature (RecFormer: 0.05)
+    mlm_weight: float = 0.1                      # weight of the MLM loss in pre-training (RecFormer: 0.1)
+    mlm_prob: float = 0.15                       # share of value tokens masked (RecFormer: 0.15)
+    pooling: str = "cls"                         # item vector: "cls" (RecFormer) or "mean" of the tokens
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
+        if self.max_items < 1 or self.item_tokens < 1:
+            raise ValueError(f"need max_items >= 1 and item_tokens >= 1; got {self}")
+        object.__setattr__(self, "fields", tuple(self.fields))
 
 # --- text -> tokens ---------------------------------------------------------------------------
 
@@ -99,21 +103,10 @@ def sequence_batch(item_tokens: Sequence[tuple[list[int], list[int]]], histories
             ids += t
             roles += r
             pos += [k] * len(t)
-        rows.append((ids, roles, pos))
-    width = max(len(r[0]) for r in rows)
-    batch = {
-        "input_ids": torch.full((len(rows), width), pad_id, dtype=torch.long),
-        "roles": torch.full((len(rows), width), PAD, dtype=torch.long),
-        "item_positions": torch.zeros((len(rows), width), dtype=torch.long),
-        "attention_mask": torch.zeros((len(rows), width), dtype=torch.long),
-    }
-    for i, (ids, roles, pos) in enumerate(rows):
-        n = len(ids)
-        batch["input_ids"][i, :n] = torch.tensor(ids)
-        batch["roles"][i, :n] = torch.tensor(roles)
-        batch["item_positions"][i, :n] = torch.tensor(pos)
-        batch["attention_mask"][i, :n] = 1
-    return batch
+        rows.append({"input_ids": ids, "roles": roles, "item_positions": pos,
+                     "attention_mask": [1] * len(ids)})
+    pad = {"input_ids": pad_id, "roles": PAD, "item_positions": 0, "attention_mask": 0}
+    return collate(rows, pad, side="right")
 
 
 def item_batch(item_tokens, items: Iterable[int], cls_id: int, pad_id: int) -> dict[str, torch.Tensor]:
@@ -124,15 +117,17 @@ def item_batch(item_tokens, items: Iterable[int], cls_id: int, pad_id: int) -> d
 # --- the model --------------------------------------------------------------------------------
 
 class RecFormer(nn.Module):
-    """A BERT-like ``backbone`` (``transformers`` AutoModel) with RecFormer's two extra embeddings."""
+    """``RecFormer(backbone, RecFormerConfig(...))``: a BERT-like ``backbone`` (``transformers``
+    AutoModel) with RecFormer's two extra embeddings."""
 
-    def __init__(self, backbone: nn.Module, max_items: int = 20, temperature: float = 0.05) -> None:
+    def __init__(self, backbone: nn.Module, config: RecFormerConfig | None = None) -> None:
         super().__init__()
         self.backbone = backbone
-        self.max_items, self.temperature = max_items, temperature
+        c = self.config = config or RecFormerConfig()
+        self.max_items, self.temperature = c.max_items, c.temperature
         hidden = backbone.config.hidden_size
         self.roles = nn.Embedding(4, hidden)
-        self.item_positions = nn.Embedding(max_items + 1, hidden)
+        self.item_positions = nn.Embedding(c.max_items + 1, hidden)
         nn.init.zeros_(self.roles.weight)            # zero: the untrained model is the backbone
         nn.init.zeros_(self.item_positions.weight)
         # MLM head for pre-training, decoder tied to the word embeddings
@@ -159,9 +154,11 @@ class RecFormer(nn.Module):
         """[CLS] vectors [B, H]: the user vector of a history, the item vector of a single item."""
         return self.forward(batch)[:, 0]
 
-    def scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity / temperature, [B, n]."""
-        return F.normalize(users, dim=-1) @ F.normalize(items, dim=-1).T / self.temperature
+    def predict(self, batch: dict[str, torch.Tensor], table: torch.Tensor) -> torch.Tensor:
+        """Scores [B, n] of a batch of histories against an item ``table`` [n, H]: the cosine
+        of the [CLS] user vector and each item vector, divided by the temperature."""
+        users = self.encode(batch)
+        return F.normalize(users, dim=-1) @ F.normalize(table, dim=-1).T / self.temperature
 
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.mlm_transform(hidden) @ self.backbone.embeddings.word_embeddings.weight.T + self.mlm_bias
@@ -169,12 +166,13 @@ class RecFormer(nn.Module):
 
 @torch.no_grad()
 def encode_items(model: RecFormer, item_tokens, cls_id: int, pad_id: int, batch_size: int = 256,
-                 device: torch.device | str = "cpu", pooling: str = "cls") -> torch.Tensor:
+                 device: torch.device | str = "cpu", pooling: str | None = None) -> torch.Tensor:
     """Item table [n_items + 1, H] (row 0, the padding item, is zero), in eval mode.
 
-    ``pooling="cls"`` is RecFormer's item vector; ``"mean"`` averages the token outputs (the
-    sentence-transformers way, i.e. plain LM text features).
+    ``pooling`` (default: the model config's) ``"cls"`` is RecFormer's item vector; ``"mean"``
+    averages the token outputs (the sentence-transformers way, i.e. plain LM text features).
     """
+    pooling = model.config.pooling if pooling is None else pooling
     if pooling not in ("cls", "mean"):
         raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
     was_training = model.training
@@ -212,7 +210,7 @@ def mask_tokens(batch: dict[str, torch.Tensor], mask_id: int, prob: float = 0.15
     ids = batch["input_ids"]
     draw = torch.rand(ids.shape, generator=generator).to(ids.device)
     chosen = (draw < prob) & (batch["roles"] == VALUE)
-    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+    labels = torch.where(chosen, ids, torch.full_like(ids, IGNORE_INDEX))
     return {**batch, "input_ids": ids.masked_fill(chosen, mask_id)}, labels
 
 
@@ -236,55 +234,62 @@ def training_examples(sequences: Sequence[np.ndarray], per_user: int = 1, min_hi
     return out
 
 
-def pretrain_loss(model: RecFormer, batch: dict, mask_id: int, mlm_weight: float = 0.1,
-                  mlm_prob: float = 0.15) -> torch.Tensor:
+def pretrain_loss(model: RecFormer, batch: dict, mask_id: int) -> torch.Tensor:
     """Item-item contrastive loss on (history, next item) + ``mlm_weight`` x MLM, from one forward.
 
-    As in RecFormer the history is masked first; its [CLS] output is the user vector of the
-    contrastive loss and its masked positions give the MLM loss.
+    As in RecFormer the history is masked first (a share ``mlm_prob`` of its value tokens);
+    its [CLS] output is the user vector of the contrastive loss and its masked positions give
+    the MLM loss. ``mlm_weight`` and ``mlm_prob`` come from the model's config.
     """
+    mlm_weight, mlm_prob = model.config.mlm_weight, model.config.mlm_prob
     history, labels = batch["history"], None
     if mlm_weight:
         history, labels = mask_tokens(history, mask_id, mlm_prob)
     hidden = model(history)
     loss = contrastive_loss(hidden[:, 0], model.encode(batch["item"]), batch["target"], model.temperature)
-    if labels is not None and (labels != -100).any():
-        chosen = labels != -100
+    if labels is not None and (labels != IGNORE_INDEX).any():
+        chosen = labels != IGNORE_INDEX
         loss = loss + mlm_weight * F.cross_entropy(model.mlm_logits(hidden[chosen]), labels[chosen])
     return loss
 
 
 def finetune_loss(model: RecFormer, batch: dict, table: torch.Tensor) -> torch.Tensor:
     """Softmax over the (frozen) item table; the padding row 0 is never a candidate."""
-    logits = model.scores(model.encode(batch["history"]), table)
+    logits = model.predict(batch["history"], table)
     logits[:, 0] = float("-inf")
     return F.cross_entropy(logits, batch["target"])
 
 
 def example_batches(examples: list[tuple[int, int]], sequences, item_tokens, cls_id: int, pad_id: int,
                     max_items: int, batch_size: int, seed: int, with_items: bool):
-    """``batches(epoch)`` for :func:`recutils.training.fit`: shuffled (history, target) batches."""
-    def batches(epoch: int):
-        order = np.random.default_rng(seed + epoch).permutation(len(examples))
-        for s in range(0, len(order), batch_size):
-            chunk = [examples[i] for i in order[s:s + batch_size]]
-            hist = [sequences[u][:t] for u, t in chunk]
-            target = torch.tensor([int(sequences[u][t]) for u, t in chunk])
-            b = {"history": sequence_batch(item_tokens, hist, cls_id, pad_id, max_items), "target": target}
-            if with_items:
-                b["item"] = item_batch(item_tokens, target.tolist(), cls_id, pad_id)
-            yield b
-    return batches
+    """``batches(epoch)`` for :func:`recutils.training.fit`: (history, target) batches of the
+    ``(user, t)`` examples, shuffled by ``default_rng(seed + epoch)``
+    (:func:`recutils.batching.seeded_batches`); ``with_items`` adds the encoded targets."""
+    def make(chunk: list[tuple[int, int]]) -> dict:
+        hist = [sequences[u][:t] for u, t in chunk]
+        target = torch.tensor([int(sequences[u][t]) for u, t in chunk])
+        b = {"history": sequence_batch(item_tokens, hist, cls_id, pad_id, max_items), "target": target}
+        if with_items:
+            b["item"] = item_batch(item_tokens, target.tolist(), cls_id, pad_id)
+        return b
+    return seeded_batches(examples, batch_size, seed, make)
 
 
-def recformer_scorer(model: RecFormer, histories: Sequence[np.ndarray], table: torch.Tensor, item_tokens,
-                     cls_id: int, pad_id: int, device: torch.device | str = "cpu"):
-    """A ``score_fn`` for :class:`recutils.evaluation.Evaluator` (cosine / temperature over ``table``)."""
-    def score(users: np.ndarray) -> torch.Tensor:
-        b = sequence_batch(item_tokens, [histories[u] for u in users], cls_id, pad_id, model.max_items)
-        with torch.no_grad():
-            return model.scores(model.encode(to_device(b, device)), table)
-    return score
+class RecFormerRecommender:
+    """``predict(users)`` for :class:`recutils.evaluation.Evaluator`: each user's history
+    (``histories[user]``) scored against a fixed item ``table`` by :meth:`RecFormer.predict`."""
+
+    def __init__(self, model: RecFormer, histories: Sequence[np.ndarray], table: torch.Tensor,
+                 item_tokens, cls_id: int, pad_id: int, device: torch.device | str = "cpu") -> None:
+        self.model, self.histories, self.table = model, histories, table
+        self.item_tokens, self.cls_id, self.pad_id, self.device = item_tokens, cls_id, pad_id, device
+
+    @torch.no_grad()
+    def predict(self, users: np.ndarray) -> torch.Tensor:
+        """Scores [len(users), n_items + 1] (row 0 of the table is the padding item)."""
+        b = sequence_batch(self.item_tokens, [self.histories[u] for u in users], self.cls_id,
+                           self.pad_id, self.model.max_items)
+        return self.model.predict(to_device(b, self.device), self.table)
 
 
 def set_trainable_layers(model: RecFormer, layers: Iterable[int] | str | None) -> list[nn.Parameter]:
@@ -312,75 +317,14 @@ def set_trainable_layers(model: RecFormer, layers: Iterable[int] | str | None) -
     return params
 
 
-# --- attention analyses -----------------------------------------------------------------------
-
-@torch.no_grad()
-def cls_attention(model: RecFormer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Attention of [CLS] to every token: [B, layers, heads, T] (each row sums to 1 over real tokens).
-
-    Switches the backbone to eager attention for the call (fused kernels return no weights).
-    """
-    was_training, impl = model.training, model.backbone.config._attn_implementation
-    model.eval()
-    if impl != "eager":  # fused attention kernels return no weights
-        model.backbone.set_attn_implementation("eager")
-    try:
-        _, atts = model(batch, output_attentions=True)
-    finally:
-        model.train(was_training)
-        if impl != "eager":
-            model.backbone.set_attn_implementation(impl)
-    if atts is None or any(a is None for a in atts):
-        raise RuntimeError("the backbone returned no attention weights (it needs eager attention)")
-    return torch.stack([a[:, :, 0, :] for a in atts], dim=1)
-
-
-def attention_per_item(att: torch.Tensor, item_positions: torch.Tensor, max_items: int) -> torch.Tensor:
-    """Sum token attention over each item: [..., T] -> [..., max_items + 1] (column 0 = [CLS] itself).
-
-    ``item_positions`` [B, T] says which item (1 = most recent) each token belongs to;
-    padding tokens (position 0, no attention) add nothing.
-    """
-    shape = att.shape
-    flat = att.reshape(shape[0], -1, shape[-1])
-    index = item_positions.clamp(max=max_items)[:, None, :].expand_as(flat)
-    out = torch.zeros(flat.shape[0], flat.shape[1], max_items + 1, dtype=att.dtype, device=att.device)
-    out.scatter_add_(2, index, flat)
-    return out.reshape(*shape[:-1], max_items + 1)
-
-
-def js_divergence(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Jensen-Shannon divergence (natural log, between 0 and ln 2) over the last axis."""
-    m = (p + q) / 2
-    kl = lambda a, b: (a * (torch.log(a + eps) - torch.log(b + eps))).sum(-1)  # noqa: E731
-    return (kl(p, m) + kl(q, m)) / 2
-
-
-def divergence_matrix(dists: torch.Tensor) -> torch.Tensor:
-    """Mean JS divergence between every pair of distributions: [B, N, T] -> [N, N] (mean over B)."""
-    return js_divergence(dists[:, :, None, :], dists[:, None, :, :]).mean(0)
-
-
-def strata_contrast(matrix: np.ndarray, strata: Sequence[Sequence[int]]) -> tuple[float, float]:
-    """(mean divergence within strata, mean divergence between strata) of a layer x layer matrix."""
-    matrix = np.asarray(matrix)
-    group = {layer: g for g, members in enumerate(strata) for layer in members}
-    within, between = [], []
-    for i in group:
-        for j in group:
-            if i < j:
-                (within if group[i] == group[j] else between).append(matrix[i, j])
-    return float(np.mean(within)), float(np.mean(between))
-
-
-# --- checkpoints and the command line ---------------------------------------------------------
+# --- checkpoints ---------------------------------------------------------
 
 def save_checkpoint(model: RecFormer, path: str | Path, **meta) -> Path:
     """Save weights + settings (plain types only, so ``torch.load(weights_only=True)`` reads it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "max_items": model.max_items,
-                "temperature": model.temperature, "meta": meta}, path)
+    config = {**asdict(model.config), "fields": list(model.config.fields)}
+    torch.save({"state_dict": model.state_dict(), "config": config, "meta": meta}, path)
     return path
 
 
@@ -401,66 +345,18 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"):
         raise ValueError(f"{path} is not a checkpoint written by save_checkpoint "
                          f"({type(e).__name__}: {e})") from e
     backbone, tok = load_text_encoder(meta.get("backbone", "all-MiniLM-L6-v2"), output_attentions=True)
-    model = RecFormer(backbone, max_items=ckpt["max_items"], temperature=ckpt["temperature"])
+    if "config" in ckpt:
+        config = RecFormerConfig(**ckpt["config"])
+    else:  # written before RecFormerConfig: only these two were saved
+        config = RecFormerConfig(max_items=ckpt["max_items"], temperature=ckpt["temperature"])
+    model = RecFormer(backbone, config)
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), tok, meta
 
 
-def instance_maps(model: RecFormer, item_tokens, history: np.ndarray, cls_id: int, pad_id: int,
-                  n_items: int = 3, device: torch.device | str = "cpu"):
-    """[CLS] attention [layers, heads, T] for the last ``n_items`` items of one history, and the
-    token index where each item starts (for the boundaries of the plot)."""
-    b = sequence_batch(item_tokens, [history[-n_items:]], cls_id, pad_id, n_items)
-    att = cls_attention(model, to_device(b, device))[0].cpu().numpy()
-    pos = b["item_positions"][0].numpy()
-    starts = [int(np.argmax(pos == k)) for k in range(1, pos.max() + 1)]
-    return att, starts
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Draw [CLS] attention maps (vanilla backbone vs a "
-                                             "checkpoint) for one user, as in Fig. 1 of Qu et al.")
-    ap.add_argument("checkpoint", help="a file written by save_checkpoint (e.g. build/05_recformer_default.pt)")
-    ap.add_argument("--user", default="7", help="raw user id of the dataset (default 7)")
-    ap.add_argument("--items", type=int, default=3, help="most recent history items shown (default 3)")
-    ap.add_argument("--out", default="maps.png", help="output image (default maps.png)")
-    ap.add_argument("--no-vanilla", action="store_true", help="draw only the checkpoint's maps")
-    args = ap.parse_args(argv)
+if __name__ == "__main__":  # the former command; the command line is recutils.recformer_cli
+    from recutils.recformer_cli import main
 
-    import matplotlib
-    matplotlib.use("Agg")
-    from recutils.data import item_attributes, load, prepare
-    from recutils.lm import load_text_encoder
-    from recutils.plots import attention_comparison
-
-    try:
-        model, tok, meta = load_checkpoint(args.checkpoint)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    data = prepare(load(meta.get("dataset", "ml-100k")), min_user=meta.get("min_user", 0),
-                   min_item=meta.get("min_item", 0), max_len=meta.get("max_len"))
-    users = {str(u): i for i, u in enumerate(data.user_ids)}
-    if str(args.user) not in users:
-        raise SystemExit(f"user {args.user!r} is not in {data.name} (raw ids such as {data.user_ids[0]!r})")
-    history = data.inputs("test")[users[str(args.user)]]
-    tokens = tokenize_items(tok, item_attributes(data.items, tuple(meta.get("fields", ("title", "genres", "year")))),
-                            meta.get("item_tokens", 32))
-    maps = {}
-    if not args.no_vanilla:
-        vanilla = RecFormer(load_text_encoder(meta.get("backbone", "all-MiniLM-L6-v2"), output_attentions=True)[0],
-                            max_items=model.max_items)
-        maps["vanilla backbone"], starts = instance_maps(vanilla, tokens, history, tok.cls_token_id,
-                                                         tok.pad_token_id, args.items)
-    maps[meta.get("label", "checkpoint")], starts = instance_maps(model, tokens, history, tok.cls_token_id,
-                                                                  tok.pad_token_id, args.items)
-    names = [data.titles([i])[0] for i in history[-args.items:][::-1]]
-    fig = attention_comparison(maps, starts, item_names=names,
-                               title=f"[CLS] attention, user {args.user} (most recent item first)")
-    fig.savefig(args.out, dpi=120, bbox_inches="tight")
-    print(f"wrote {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
     raise SystemExit(main())
