@@ -352,11 +352,3 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu"):
     model = RecFormer(backbone, config)
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), tok, meta
-
-
-
-
-if __name__ == "__main__":  # the former command; the command line is recutils.recformer_cli
-    from recutils.recformer_cli import main
-
-    raise SystemExit(main())
