@@ -176,24 +176,20 @@ def llmseqsim_variants(bench: Bench, item_emb: np.ndarray, config: LLMSeqSimConf
     t0 = time.perf_counter()
     valid, test = {}, {}
     for combine in COMBINATIONS:
-        sim = LLMSeqSim(item_emb, _with(config, combine=combine))
+        sim = LLMSeqSim(item_emb, replace(config, combine=combine))
         valid[combine] = bench.valid.evaluate(bench.on_histories(sim, "valid")).metrics()[MAIN]
         test[combine] = bench.test.evaluate(bench.on_histories(sim))
     some = [bench.inputs["test"][u] for u in bench.users[:check_users]]
-    dot = LLMSeqSim(item_emb, _with(config, combine="mean", similarity="dot")).predict(some)
-    cos = LLMSeqSim(item_emb, _with(config, combine="mean", similarity="cosine")).predict(some)
+    dot = LLMSeqSim(item_emb, replace(config, combine="mean", similarity="dot")).predict(some)
+    cos = LLMSeqSim(item_emb, replace(config, combine="mean", similarity="cosine")).predict(some)
     same = float((dot.topk(10).indices == cos.topk(10).indices).float().mean())
     best = max(valid, key=valid.get)
-    chosen = LLMSeqSim(item_emb, _with(config, combine=best))
+    chosen = LLMSeqSim(item_emb, replace(config, combine=best))
     bench.add("LLMSeqSim", bench.test.evaluate(bench.on_histories(chosen), keep_topk=TOPK))
     table = pd.DataFrame({"valid NDCG@10": valid,
                           "test NDCG@10": {c: r.metrics()[MAIN] for c, r in test.items()},
                           "test HR@10": {c: r.metrics()["full_masked/HR@10"] for c, r in test.items()}})
     return SimVariants(table, best, chosen, same, time.perf_counter() - t0)
-
-
-def _with(config: LLMSeqSimConfig, **changes) -> LLMSeqSimConfig:
-    return replace(config, **changes)
 
 
 # --- LLM2SASRec / LLM2BERT4Rec -----------------------------------------------------------------
