@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from recutils.batching import to_device
+from recutils.batching import batch_indices, to_device
 from recutils.data import load, prepare
 from recutils.data.sequences import SequenceData
 from recutils.evaluation import Evaluator
@@ -42,7 +42,7 @@ from recutils.lm import SMOLLM2, completion_batch, load_causal_lm
 from recutils.models import SASRec, SASRecConfig
 from recutils.models.llmseq import seq_prompt
 from recutils.reproducibility import seed_everything
-from recutils.training import resolve_device, sequence_scorer, training_windows
+from recutils.training import TrainConfig, fit, resolve_device, sequence_scorer, training_windows
 
 
 def _world() -> tuple[int, int]:
@@ -64,13 +64,16 @@ class _ScaledLoss(nn.Module):
 def train_data_parallel(model: nn.Module, examples: Sequence, *, loss_fn: Callable,
                         count_fn: Callable, epochs: int, batch_size: int, lr: float, seed: int,
                         device: torch.device) -> tuple[list[float], float]:
-    """Train ``model``'s trainable parameters with AdamW, data-parallel when a process group exists.
+    """Train ``model``'s trainable parameters with :func:`recutils.training.fit` (AdamW),
+    data-parallel when a process group exists.
 
     ``examples`` is indexable by a list of positions (a tensor of windows, a list of pairs,
     ...); ``loss_fn(model, shard)`` returns the mean loss over the shard's prediction targets
-    and ``count_fn(shard)`` how many targets the shard has. Returns the mean loss per epoch
-    and how far training moved the trainable parameters (L2 norm of the change), both the
-    same on every rank.
+    and ``count_fn(shard)`` how many targets the shard has. Every rank draws the same global
+    batches; ``fit`` sees only this rank's shard of each, and the gradients are averaged over
+    the ranks by DDP during ``backward``. Returns the mean loss per epoch (of the whole global
+    batches) and how far training moved the trainable parameters (L2 norm of the change),
+    both the same on every rank.
     """
     world, rank = _world()
     wrapped: nn.Module = _ScaledLoss(model, loss_fn)
@@ -79,35 +82,34 @@ def train_data_parallel(model: nn.Module, examples: Sequence, *, loss_fn: Callab
             wrapped, device_ids=[device.index] if device.type == "cuda" else None)
     params = [p for p in model.parameters() if p.requires_grad]
     start = [p.detach().clone() for p in params]
-    opt = torch.optim.AdamW(params, lr=lr)
-    rng = np.random.default_rng(seed)
-    losses = []
-    for _ in range(epochs):
-        model.train()
-        order = rng.permutation(len(examples))
-        total, steps = 0.0, 0
-        for i in range(0, len(order), batch_size):
-            positions = order[i:i + batch_size]
+    rng = np.random.default_rng(seed)  # one generator for the whole run: a new order per epoch
+
+    def shards(epoch: int):
+        for positions in batch_indices(len(examples), batch_size, rng):
             batch = [examples[j] for j in positions]
             shard = batch[rank::world]
             targets_all, targets_here = count_fn(batch), count_fn(shard) if shard else 0
             # mean over my targets x (my targets / all targets) x world: DDP's average over
             # ranks then equals the mean over all of the batch's targets
-            share = torch.tensor(targets_here / max(targets_all, 1) * world, device=device)
+            share = targets_here / max(targets_all, 1) * world
             if targets_here == 0:  # keep this rank in the collective with a zero gradient
-                shard, share = batch[:1], share * 0.0
-            loss = wrapped(shard, share)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            reported = loss.detach().clone()
-            if world > 1:
-                dist.all_reduce(reported)  # sum of the ranks' shares = the whole batch's loss
-            total, steps = total + reported.item() / world, steps + 1
-        losses.append(total / max(steps, 1))
-    model.eval()
+                shard, share = batch[:1], 0.0
+            yield shard, torch.tensor(share)
+
+    def scaled_loss(m: nn.Module, batch) -> dict[str, torch.Tensor]:
+        loss = m(*batch)
+        whole = loss.detach().clone()
+        if world > 1:
+            dist.all_reduce(whole)  # sum of the ranks' shares = world x the whole batch's loss
+        return {"loss": loss, "batch_loss": whole / world}
+
+    # weight decay 0.01: AdamW's own default, what this module has always trained with
+    config = TrainConfig(epochs=epochs, lr=lr, weight_decay=0.01, batch_size=batch_size,
+                         amp=False, progress=False)
+    history = fit(wrapped, shards, config, loss_fn=scaled_loss, params=params, device=device,
+                  desc=f"rank {rank}")
     moved = sum(float((p.detach() - s).double().pow(2).sum()) for p, s in zip(params, start))
-    return losses, moved ** 0.5
+    return history.column("batch_loss"), moved ** 0.5
 
 
 # --- SASRec --------------------------------------------------------------------------------
@@ -149,7 +151,7 @@ def title_pairs(data: SequenceData, tokenizer, stage: str | None = None, history
             for hist, target in zip(inputs, targets)]
 
 
-def lm_loss(model: nn.Module, tokenizer, pairs: Sequence[tuple[str, str]], max_length: int = 256,
+def completion_loss(model: nn.Module, tokenizer, pairs: Sequence[tuple[str, str]], max_length: int = 256,
             ) -> torch.Tensor:
     """Mean cross-entropy over the completion tokens of ``pairs``.
 
@@ -164,7 +166,7 @@ def lm_loss(model: nn.Module, tokenizer, pairs: Sequence[tuple[str, str]], max_l
 
 
 def completion_tokens(tokenizer, pairs: Sequence[tuple[str, str]]) -> int:
-    """How many tokens the completions of ``pairs`` have (the targets of ``lm_loss``)."""
+    """How many tokens the completions of ``pairs`` have (the targets of ``completion_loss``)."""
     return sum(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for _, c in pairs)
 
 
@@ -185,7 +187,7 @@ def train_lora_lm(data: SequenceData, *, epochs: int, batch_size: int, lr: float
     model = get_peft_model(base, config)
     pairs = title_pairs(data, tok)
     losses, moved = train_data_parallel(
-        model, pairs, loss_fn=lambda m, shard: lm_loss(m, tok, shard),
+        model, pairs, loss_fn=lambda m, shard: completion_loss(m, tok, shard),
         count_fn=lambda shard: completion_tokens(tok, shard),
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device)
     return model, tok, losses, moved
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics = Evaluator(data, "test").evaluate(scores).metrics()
         else:  # validation loss on the held-out next titles (the test split stays untouched)
             with torch.no_grad():
-                metrics = {"valid/loss": float(lm_loss(model, tok, title_pairs(data, tok, "valid")))}
+                metrics = {"valid/loss": float(completion_loss(model, tok, title_pairs(data, tok, "valid")))}
         out = {"model": args.model, "world_size": _world()[0], "train_seconds": seconds,
                "losses": losses, "metrics": metrics, "param_sum": _trainable_sum(model),
                "moved": moved}

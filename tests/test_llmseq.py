@@ -14,7 +14,9 @@ from recutils.models import BERT4RecConfig, SASRecConfig
 from recutils.models.llmseq import (
     SEPARATOR,
     LLMSeqPrompt,
+    LLMSeqPromptConfig,
     LLMSeqSim,
+    LLMSeqSimConfig,
     clean_generation,
     llm2bertrec,
     llm2sasrec,
@@ -48,7 +50,7 @@ def test_session_embedding_is_the_weighted_mean():
 
 def test_llmseqsim_ranks_by_cosine_and_never_recommends_seen_items():
     emb = np.array([[0, 0], [1, 0], [0.9, 0.1], [0, 1], [5, 0.2]], dtype=np.float32)
-    scores = LLMSeqSim(emb, combine="last").score([[3, 1]])
+    scores = LLMSeqSim(emb, LLMSeqSimConfig(combine="last")).predict([[3, 1]])
     assert torch.isinf(scores[0, [0, 1, 3]]).all()
     assert scores[0].argmax().item() == 4  # (5, .2) is more aligned with (1, 0) than (.9, .1)
     # dot product prefers the long vector even more; cosine cross-check with numpy
@@ -56,7 +58,12 @@ def test_llmseqsim_ranks_by_cosine_and_never_recommends_seen_items():
     free = [2, 4]
     np.testing.assert_allclose(scores[0, free].numpy(), cos[np.array(free) - 1], rtol=1e-5)
     with pytest.raises(ValueError, match="similarity"):
-        LLMSeqSim(emb, similarity="euclid")
+        LLMSeqSimConfig(similarity="euclid")
+    with pytest.raises(ValueError, match="combine"):
+        LLMSeqSimConfig(combine="median")
+    kept = LLMSeqSim(emb, LLMSeqSimConfig(exclude_seen=False)).predict([[3, 1]])
+    assert torch.isinf(kept[0, 0]) and torch.isfinite(kept[0, 1:]).all()
+    assert kept[0].argmax().item() == 1  # the last item (1) is its own nearest
 
 
 def test_llmseqsim_finds_the_next_item_of_a_chain():
@@ -72,10 +79,10 @@ def test_llmseqsim_finds_the_next_item_of_a_chain():
                           "description": "", "brand": ""})
     data = prepare(RawDataset("ring", inter, items))
     assert data.item_ids[1:].tolist() == [str(i) for i in range(1, n + 1)]  # ids kept in order
-    sim = LLMSeqSim(emb, combine="last")
+    sim = LLMSeqSim(emb, LLMSeqSimConfig(combine="last"))
     inputs = data.inputs("test")
     result = Evaluator(data, "test", protocols=("full", "full_masked")).evaluate(
-        lambda users: sim.score([inputs[u] for u in users]))
+        lambda users: sim.predict([inputs[u] for u in users]))
     # the item after the last is as near as the one before, but that one is seen: rank 0
     assert result.metrics()["full_masked/HR@1"] == 1.0
 
@@ -141,7 +148,9 @@ def test_llmseqprompt_lora_learns_a_title_and_maps_generations(tiny_lm):
     def encode(texts):  # a toy "sentence encoder": one-hot of the exact title, else item 4's axis
         return np.stack([emb[titles.index(t)] if t in titles else emb[4] for t in texts])
 
-    model = LLMSeqPrompt(tiny_lm, CharTokenizer(), titles, emb, encode, lora_r=4)
+    config = LLMSeqPromptConfig(lora_r=4, num_beams=2, max_new_tokens=4, top_k=3)
+    model = LLMSeqPrompt(tiny_lm, CharTokenizer(), titles, emb, encode, config)
+    assert model.tokenizer is not None and model.prompt([1, 2]) == seq_prompt(["ab", "cd"])
     trainable = [n for n, p in model.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     batch = model.batch([(seq_prompt(["ab", "cd"]), 3)])
@@ -156,9 +165,13 @@ def test_llmseqprompt_lora_learns_a_title_and_maps_generations(tiny_lm):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0]
-    gens = model.generate([[1, 2]], num_beams=2, max_new_tokens=4)
+    gens = model.generate([[1, 2]])
     assert len(gens) == 1 and len(gens[0]) == 2
-    ranked = model.map_to_items([["ef", "zz"], ["gh"]], [[1, 2], [4]], k=3)
+    predicted = model.predict([[1, 2]])  # generate + map: up to top_k unseen items
+    assert sorted(predicted[0]) == [3, 4]  # only two items are unseen
+    assert predicted == model.map_to_items(gens, [[1, 2]])
+    assert model.mean_loss([(seq_prompt(["ab", "cd"]), 3)]) == pytest.approx(model.loss(batch).item())
+    ranked = model.map_to_items([["ef", "zz"], ["gh"]], [[1, 2], [4]])
     assert ranked[0][:2] == [3, 4]            # exact title first, then the hallucination's nearest
     assert 4 not in ranked[1] and len(set(ranked[1])) == 3
     assert model.stats["hallucination_rate"] == pytest.approx(1 / 3)

@@ -11,24 +11,28 @@
   ID-based model whose item table starts from the PCA of the item-name embeddings
   (:func:`pca_init`) and keeps training; BERT4Rec's [MASK] row stays random.
 
-Defaults (the paper's in brackets)::
+Hyper-parameters live in :class:`LLMSeqSimConfig` and :class:`LLMSeqPromptConfig` (a
+comment per field, the paper's value in brackets). Outside them (the paper's in brackets)::
 
     encoder: all-MiniLM-L6-v2, 384-d        [OpenAI text-embedding-ada-002, 1536-d]
-    combine: "last"                          ["last" best on Beauty; mean and decayed means]
-    similarity: "cosine"                     [cosine, dot, euclidean tried]
-    lm: SmolLM2-135M-Instruct + LoRA r=8     [OpenAI ada/GPT-3.5 fine-tuning API]
+    lm: SmolLM2-135M-Instruct + LoRA         [OpenAI ada/GPT-3.5 fine-tuning API]
     pca std: 0.02, the scale of random init  [PCA output written as is]
+
+Inference is ``predict(histories)`` for both: scores over all items (LLMSeqSim) or one
+ranked list of item ids per history (LLMSeqPrompt; ``generate`` gives its raw texts).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from recutils.batching import to_device
 from recutils.mapping import TitleIndex, nearest_items, rank_from_generations
 from recutils.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recutils.models.embedding import pca_init
@@ -94,32 +98,48 @@ def session_embeddings(histories: Sequence[Sequence[int]], item_emb: np.ndarray 
     return out
 
 
+@dataclass(frozen=True)
+class LLMSeqSimConfig:
+    """How :class:`LLMSeqSim` turns a session into scores (nothing is trained)."""
+
+    combine: str = "last"         # session vector from its items (COMBINATIONS) ["last" best
+                                  # on Beauty; mean and recency-weighted means also tried]
+    similarity: str = "cosine"    # "cosine" | "dot" [cosine, dot and euclidean tried]
+    decay: float = 0.8            # weight per step back for combine="exponential"
+    max_items: int | None = None  # only the most recent items of a session; None: all [all]
+    exclude_seen: bool = True     # never recommend an item of the session [excluded]
+
+    def __post_init__(self) -> None:
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+        recency_weights(1, self.combine)  # validates ``combine``
+
+
 class LLMSeqSim:
     """Rank all items by their similarity to the session embedding (no training).
 
-    >>> sim = LLMSeqSim(item_emb, combine="last")
-    >>> scores = sim.score([[3, 8, 5]])      # [1, n_items + 1], seen items and padding -inf
+    >>> sim = LLMSeqSim(item_emb, LLMSeqSimConfig(combine="last"))
+    >>> scores = sim.predict([[3, 8, 5]])    # [1, n_items + 1], seen items and padding -inf
+
+    ``predict`` takes histories (item ids), not user indices: wrap it (e.g. ``lambda users:
+    sim.predict([inputs[u] for u in users])``) to hand it to an ``Evaluator``.
     """
 
-    def __init__(self, item_emb: np.ndarray | torch.Tensor, combine: str = "last",
-                 similarity: str = "cosine", decay: float = 0.8, max_items: int | None = None,
-                 exclude_seen: bool = True) -> None:
-        if similarity not in SIMILARITIES:
-            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
-        recency_weights(1, combine)  # validates ``combine``
+    def __init__(self, item_emb: np.ndarray | torch.Tensor,
+                 config: LLMSeqSimConfig | None = None) -> None:
+        self.config = config or LLMSeqSimConfig()
         self.item_emb = torch.as_tensor(np.asarray(item_emb), dtype=torch.float32)
-        self.combine, self.similarity, self.decay = combine, similarity, decay
-        self.max_items, self.exclude_seen = max_items, exclude_seen
 
-    def score(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
+    def predict(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
         """Scores [len(histories), n_items + 1]; padding and (by default) seen items get -inf."""
-        s = session_embeddings(histories, self.item_emb, self.combine, self.decay, self.max_items)
+        c = self.config
+        s = session_embeddings(histories, self.item_emb, c.combine, c.decay, c.max_items)
         e = self.item_emb
-        if self.similarity == "cosine":
+        if c.similarity == "cosine":
             s, e = F.normalize(s, dim=-1), F.normalize(e, dim=-1)
         scores = s @ e.T
         scores[:, 0] = float("-inf")
-        if self.exclude_seen:
+        if c.exclude_seen:
             for row, h in enumerate(histories):
                 scores[row, torch.as_tensor(np.asarray(h, dtype=np.int64))] = float("-inf")
         return scores
@@ -174,62 +194,104 @@ def prompt_examples(sequences: Sequence[np.ndarray], titles: Sequence[str], max_
             for u, t in pairs]
 
 
+@dataclass(frozen=True)
+class LLMSeqPromptConfig:
+    """LLMSeqPrompt's prompt, LoRA adapter and generation (the optimiser is a TrainConfig)."""
+
+    max_items: int = 10             # history titles in a prompt, most recent last [paper:
+                                    # the whole session]
+    lora_r: int = 8                 # LoRA rank on the attention projections [OpenAI's
+                                    # fine-tuning API: no adapter, hidden settings]
+    lora_alpha: int | None = None   # LoRA scale numerator; None: 2 * lora_r
+    lora_dropout: float = 0.05      # dropout on the LoRA input (training only)
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")  # layers that get an adapter
+    max_length: int = 256           # tokens of prompt + completion (the prompt's start is cut)
+    loss_batch_size: int = 8        # pairs per forward pass when a loss is only measured
+    num_beams: int = 5              # beams = titles generated per history [paper: 20]
+    max_new_tokens: int = 20        # longest generated title, in tokens
+    generate_batch_size: int = 4    # prompts per generate() call
+    top_k: int = 20                 # length of the ranked item list [paper: 20, NDCG@20]
+
+
 class LLMSeqPrompt:
     """A causal LM fine-tuned (LoRA) to write the next title; generations mapped to items.
 
     ``titles[i]`` is the text of item id ``i`` (row 0 padding) the LM reads and writes;
     ``item_emb`` (one row per item id) is the sentence embedding used to map generated text
     to items; ``encode(texts) -> array`` embeds generated text the same way.
+
+    >>> prompter = LLMSeqPrompt(lm, tokenizer, titles, item_emb, encode, LLMSeqPromptConfig())
+    >>> prompter.predict([[3, 8, 5]])       # [[top item, ...]]: top_k item ids per history
     """
 
-    def __init__(self, lm, tokenizer, titles: Sequence[str], item_emb: np.ndarray, encode,
-                 lora_r: int = 8, lora_alpha: int | None = None, max_items: int = 10) -> None:
+    def __init__(self, lm, tokenizer, titles: Sequence[str], item_emb: np.ndarray,
+                 encode: Callable[[list[str]], np.ndarray],
+                 config: LLMSeqPromptConfig | None = None) -> None:
         from peft import LoraConfig, get_peft_model
 
-        self.tok, self.titles, self.encode = tokenizer, list(titles), encode
+        self.config = c = config or LLMSeqPromptConfig()
+        self.tokenizer, self.titles, self.encode = tokenizer, list(titles), encode
         self.item_emb = np.asarray(item_emb, dtype=np.float32)
-        self.max_items = max_items
         self.index = TitleIndex(self.titles)
         self.end = tokenizer.eos_token  # end marker of every completion
-        config = LoraConfig(r=lora_r, lora_alpha=lora_alpha or 2 * lora_r, lora_dropout=0.05,
-                            target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-        self.model = get_peft_model(lm, config)
+        lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha or 2 * c.lora_r,
+                          lora_dropout=c.lora_dropout, target_modules=list(c.target_modules),
+                          task_type="CAUSAL_LM")
+        self.model = get_peft_model(lm, lora)
         self.stats: dict[str, float] = {}
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
-    def batch(self, examples: Sequence[tuple[str, int]], max_length: int = 256) -> dict[str, torch.Tensor]:
+    def prompt(self, history: Sequence[int]) -> str:
+        """The prompt for a history of item ids (its last ``max_items`` titles)."""
+        return seq_prompt([self.titles[i] for i in history], self.config.max_items)
+
+    def batch(self, examples: Sequence[tuple[str, int]]) -> dict[str, torch.Tensor]:
         """Tokenised prompt + " title<end>" pairs; the loss covers the completion only."""
         from recutils.lm import completion_batch
 
-        return completion_batch(self.tok, [p for p, _ in examples],
-                                [f"{self.titles[i]}{self.end}" for _, i in examples], max_length)
+        return completion_batch(self.tokenizer, [p for p, _ in examples],
+                                [f"{self.titles[i]}{self.end}" for _, i in examples],
+                                self.config.max_length)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean next-token cross-entropy of the completion tokens."""
         return self.model(**batch).loss
 
-    def generate(self, histories: Sequence[Sequence[int]], num_beams: int = 5,
-                 max_new_tokens: int = 20, batch_size: int = 4) -> list[list[str]]:
+    @torch.no_grad()
+    def mean_loss(self, examples: Sequence[tuple[str, int]]) -> float:
+        """The mean over batches of ``loss_batch_size`` pairs of :meth:`loss`, in eval mode."""
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        size = self.config.loss_batch_size
+        return float(np.mean([self.loss(to_device(self.batch(examples[i:i + size]), device)).item()
+                              for i in range(0, len(examples), size)]))
+
+    def generate(self, histories: Sequence[Sequence[int]]) -> list[list[str]]:
         """``num_beams`` generated titles per history, best beam first."""
         from recutils.lm import generate_texts
 
+        c = self.config
         self.model.eval()
-        prompts = [seq_prompt([self.titles[i] for i in h], self.max_items) for h in histories]
-        return generate_texts(self.model, self.tok, prompts, max_new_tokens=max_new_tokens,
-                              num_beams=num_beams, num_return_sequences=num_beams,
-                              batch_size=batch_size)
+        return generate_texts(self.model, self.tokenizer, [self.prompt(h) for h in histories],
+                              max_new_tokens=c.max_new_tokens, num_beams=c.num_beams,
+                              num_return_sequences=c.num_beams, batch_size=c.generate_batch_size)
+
+    def predict(self, histories: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Ranked lists of ``top_k`` unseen items per history: :meth:`generate`, then :meth:`map_to_items`."""
+        return self.map_to_items(self.generate(histories), histories)
 
     def map_to_items(self, generations: Sequence[Sequence[str]],
-                     histories: Sequence[Sequence[int]], k: int = 20) -> list[list[int]]:
-        """Ranked lists of ``k`` distinct unseen items from the generated texts.
+                     histories: Sequence[Sequence[int]], k: int | None = None) -> list[list[int]]:
+        """Ranked lists of ``k`` (default ``top_k``) distinct unseen items from generated texts.
 
-        Each text (without an echoed list number) goes to its ``k`` nearest items by cosine similarity (seen items skipped);
-        lists are merged round by round, best beam first (:func:`rank_from_generations`).
-        Also sets ``stats["hallucination_rate"]``: the share of generated texts that are not
-        exactly (after normalisation) a catalogue title.
+        Each text (without an echoed list number) goes to its ``k`` nearest items by cosine
+        similarity (seen items skipped); lists are merged round by round, best beam first
+        (:func:`rank_from_generations`). Also sets ``stats["hallucination_rate"]``: the share
+        of generated texts that are not exactly (after normalisation) a catalogue title.
         """
+        k = k or self.config.top_k
         flat = [clean_generation(t) for g in generations for t in g]
         emb = self.encode(flat) if flat else np.zeros((0, self.item_emb.shape[1]), np.float32)
         exact = [self.index.match(t) is not None for t in flat]
