@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -19,10 +20,17 @@ import numpy as np
 import torch
 
 from recutils.data.sequences import SequenceData
+from recutils.evaluation import EvalResult, Evaluator
 from recutils.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recutils.models.sasrec import SASRec, SASRecConfig
 from recutils.reproducibility import preserved_rng, seed_everything
-from recutils.training import History, TrainConfig, fit_sequential
+from recutils.training import (
+    History,
+    TrainConfig,
+    count_parameters,
+    fit_sequential,
+    sequence_scorer,
+)
 
 # The canonical architectures (notebook 00's; RecBole's defaults except dropout 0.3).
 SASREC = SASRecConfig(hidden=64, n_layers=2, n_heads=2, inner=256, dropout=0.3, max_len=50, loss="ce")
@@ -109,3 +117,34 @@ def canonical(kind: str, data: SequenceData, scale: str, seed: int,
         torch.save(model.state_dict(), cache / f"{digest}.pt.part")
         (cache / f"{digest}.pt.part").replace(cache / f"{digest}.pt")
     return model, hist, False
+
+
+@dataclass
+class Run:
+    """One evaluated method: its test result, training history and costs."""
+
+    result: EvalResult
+    history: History | None
+    train_seconds: float
+    infer_seconds: float
+    params: tuple[int, int]  # (total, trainable)
+
+
+def baseline_run(kind: str, data: SequenceData, evaluator: Evaluator, scale: str, seed: int,
+                 device: torch.device | str, cache: Path | None = None) -> tuple[torch.nn.Module, Run]:
+    """Train (or load) the canonical ``kind`` and evaluate it on ``evaluator``'s users."""
+    model, hist, cached = canonical(kind, data, scale, seed, device, cache=cache)
+    t0 = time.perf_counter()
+    result = evaluator.evaluate(sequence_scorer(model, data, evaluator.stage, device))
+    run = Run(result, hist, hist.seconds, time.perf_counter() - t0, count_parameters(model))
+    print(f"{kind}: {len(hist.epochs)} epochs in {hist.seconds:.0f} s{' (cached)' if cached else ''}, "
+          f"best epoch {hist.best_epoch} (valid NDCG@10 {hist.best_valid:.4f})")
+    return model, run
+
+
+def record_run(rec, name: str, run: Run, n_users: int) -> None:
+    """Record ``run`` as method ``name`` of a notebook's :class:`~recutils.notebook.Recorder`."""
+    total, trainable = run.params
+    rec.record_method(name, run.result.metrics(), train_seconds=run.train_seconds,
+                      infer_seconds_per_user=run.infer_seconds / n_users,
+                      params_total=total, params_trainable=trainable, n_users=n_users)

@@ -1,27 +1,24 @@
 """Notebook 00: the data, the split, one evaluator under four protocols, the ID baselines.
 
-The cells of notebook 00 call these functions; the models themselves come from
-:mod:`recutils.baselines` (the course's canonical SASRec / BERT4Rec, cached for the other
-notebooks) and :mod:`recutils.models`.
+The cells of notebook 00 call these functions and :func:`recutils.baselines.baseline_run`,
+which trains (or loads) the course's canonical SASRec / BERT4Rec, cached for the other
+notebooks.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 
-from recutils.baselines import canonical
+from recutils.baselines import Run, record_run
 from recutils.data.registry import RawDataset
 from recutils.data.sequences import SequenceData
-from recutils.evaluation import EvalResult, Evaluator
+from recutils.evaluation import Evaluator
 from recutils.models.popularity import Popularity
 from recutils.notebook import Recorder, claim
-from recutils.training import History, count_parameters, sequence_scorer
 
 PROTOCOLS = ("full", "full_masked", "sampled100", "sampled19")
 RECBOLE_SASREC_NDCG10 = 0.0581  # RecBole 1.2.1's SASRec on this split, measured (README)
@@ -55,34 +52,11 @@ def data_figure(data: SequenceData):
     return fig
 
 
-@dataclass
-class Run:
-    """One evaluated method: its test result, training history and costs."""
-
-    result: EvalResult
-    history: History | None
-    train_seconds: float
-    infer_seconds: float
-    params: tuple[int, int]  # (total, trainable)
-
-
 def popularity_run(data: SequenceData, evaluator: Evaluator) -> Run:
     """The most-popular baseline under every protocol of ``evaluator``."""
     t0 = time.perf_counter()
     result = evaluator.evaluate(Popularity(data))
     return Run(result, None, 0.0, time.perf_counter() - t0, (0, 0))
-
-
-def baseline_run(kind: str, data: SequenceData, evaluator: Evaluator, scale: str, seed: int,
-                 device: torch.device | str, cache=None) -> tuple[torch.nn.Module, Run]:
-    """Train (or load) the canonical ``kind`` and evaluate it on ``evaluator``'s users."""
-    model, hist, cached = canonical(kind, data, scale, seed, device, cache=cache)
-    t0 = time.perf_counter()
-    result = evaluator.evaluate(sequence_scorer(model, data, evaluator.stage, device))
-    run = Run(result, hist, hist.seconds, time.perf_counter() - t0, count_parameters(model))
-    print(f"{kind}: {len(hist.epochs)} epochs in {hist.seconds:.0f} s{' (cached)' if cached else ''}, "
-          f"best epoch {hist.best_epoch} (valid NDCG@10 {hist.best_valid:.4f})")
-    return model, run
 
 
 def training_figure(runs: dict[str, Run]):
@@ -104,10 +78,7 @@ def training_figure(runs: dict[str, Run]):
 def record_runs(rec: Recorder, runs: dict[str, Run], n_users: int) -> pd.DataFrame:
     """Record every method with its costs; return HR@1 / HR@10 / NDCG@10 under each protocol."""
     for name, run in runs.items():
-        total, trainable = run.params
-        rec.record_method(name, run.result.metrics(), train_seconds=run.train_seconds,
-                          infer_seconds_per_user=run.infer_seconds / n_users,
-                          params_total=total, params_trainable=trainable, n_users=n_users)
+        record_run(rec, name, run, n_users)
     return pd.DataFrame({name: {f"{p}/{m}": run.result.metrics()[f"{p}/{m}"] for p in run.result.ranks
                                 for m in ("HR@1", "HR@10", "NDCG@10")}
                          for name, run in runs.items()}).T
