@@ -55,8 +55,14 @@ def make_reproducible(seed: int, threads: int = 2) -> dict:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(True, warn_only=cuda)
+    # NumPy's BLAS (OpenBLAS) on one thread: its multi-threaded SVD gave run-to-run differences
+    # (a PCA item table of notebook 05, a PCA figure of notebook 01) on a loaded machine.
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
     seed_everything(seed)
-    return {"seed": seed, "threads": threads, "deterministic_algorithms": True}
+    return {"seed": seed, "threads": threads, "deterministic_algorithms": True,
+            "numpy_blas_threads": 1}
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 
@@ -72,7 +73,8 @@ def pca_init(vectors: torch.Tensor | np.ndarray, dim: int | None, std: float | N
     else:
         if dim > min(x.shape):
             raise ValueError(f"cannot keep {dim} components of a {x.shape[0]} x {x.shape[1]} matrix")
-        _, _, vt = np.linalg.svd(x, full_matrices=False)
+        with threadpool_limits(1, user_api="blas"):  # one thread: the same bits every run
+            _, _, vt = np.linalg.svd(x, full_matrices=False)
         z = x @ vt[:dim].T
         signs = np.sign(z[np.abs(z).argmax(0), np.arange(dim)])
         z = z * np.where(signs == 0, 1.0, signs)
