@@ -18,7 +18,8 @@ Both pretrained parts stay frozen; only small alignment networks are trained.
   one next movie ... from the following movie title set, "c1"[item], ... The recommendation
   is "" and is trained, with its weights frozen, to write the next title (loss on the answer
   tokens only). Inference is greedy decoding; the answer is mapped to one of the candidates
-  (:func:`map_to_candidates`).
+  (:func:`map_to_candidates`). ``recutils.pipelines.allmrec.LLMRecommender`` wraps both as
+  ``predict(users)`` (one ranked list per user) for the evaluator.
 
 Hyper-parameters live in :class:`Stage1Config` and :class:`ALLMRecConfig` (the paper's
 values in the comments; ours are smaller because the LM is small and the CPU slow).

@@ -156,6 +156,8 @@ class LossTerms(Callback):
 
 @dataclass
 class Stage1Result:
+    """What stage 1 leaves for stage 2: the trained aligner and its two item tables."""
+
     aligner: Stage1Aligner
     history: History
     e_table: torch.Tensor  # [n_items + 1, latent] joint embeddings e_i (row 0 = 0)
@@ -189,11 +191,13 @@ class Prompter:
     titles: Sequence[str]  # title shown in the prompt, by item id
 
     def prompt(self, ex: dict, soft: bool = True) -> list[Segment]:
+        """The paper's prompt for ``ex`` (``soft=False``: without soft tokens, LLM-Only)."""
         return recommendation_prompt([self.titles[i] for i in ex["history"]],
                                      [self.titles[i] for i in ex["candidates"]],
                                      ex["history"], ex["candidates"], soft=soft)
 
     def answer(self, ex: dict) -> str:
+        """What the LM is trained to write for ``ex``: the target's title and a closing quote."""
         return answer(self.titles[ex["target"]])
 
     def shown(self, ex: dict) -> str:
@@ -291,6 +295,7 @@ class LLMRecommender:
         return out
 
     def predict(self, users: np.ndarray) -> list[list[int]]:
+        """One ranked list per user: the candidate the answer names (empty if none)."""
         rows = [self.row[int(u)] for u in users]
         saved = self.model.item_table
         if self.item_table is not None:
