@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recutils.batching import IGNORE_INDEX, pad_rows
 from recutils.data.text import readable_title
 from recutils.mapping import nearest_items, normalize_title
 
@@ -241,25 +242,20 @@ def collate(tokenizer, prompts: Sequence[Sequence[Segment]], answers: Sequence[s
     rows = []
     for k, segs in enumerate(prompts):
         ids, slots = encode_segments(tokenizer, segs)
-        labels = [-100] * len(ids)
+        labels = [IGNORE_INDEX] * len(ids)
         if answers is not None:
             a = tokenizer(answers[k], add_special_tokens=False)["input_ids"]
             if eos and tokenizer.eos_token_id is not None:
                 a = a + [tokenizer.eos_token_id]
             ids, labels = ids + a, labels + a
         rows.append((ids, labels, slots))
-    width = max(len(r[0]) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    all_slots = []
-    for r, (ids, lab, slots) in enumerate(rows):
-        off = width - len(ids)
-        input_ids[r, off:] = torch.tensor(ids)
-        labels[r, off:] = torch.tensor(lab)
-        mask[r, off:] = 1
-        all_slots += [(r, off + p, s) for p, s in slots]
+    input_ids = pad_rows([r[0] for r in rows], pad, side="left")
+    labels = pad_rows([r[1] for r in rows], IGNORE_INDEX, side="left")
+    mask = pad_rows([[1] * len(r[0]) for r in rows], 0, side="left")
+    width = input_ids.shape[1]
+    all_slots = [(r, width - len(ids) + p, s) for r, (ids, _, slots) in enumerate(rows)
+                 for p, s in slots]
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "slots": all_slots}
 
 
