@@ -7,8 +7,10 @@ from conftest import tiny_llama  # the 2-layer Llama every LM test uses
 
 from recutils.models.allmrec import (
     ALLMRec,
+    ALLMRecConfig,
     SoftToken,
     Stage1Aligner,
+    Stage1Config,
     answer,
     collate,
     cut_answer,
@@ -47,7 +49,7 @@ def test_stage1_total_is_the_weighted_sum_and_switches_drop_terms():
     torch.manual_seed(0)
     b, d, t = 6, 5, 7
     args = (torch.randn(b, d), torch.randn(b, d), torch.randn(b, d), torch.randn(b, t), torch.randn(b, t))
-    m = Stage1Aligner(d, t, latent=4, hidden=8, alpha=0.5, beta=0.2)
+    m = Stage1Aligner(d, t, Stage1Config(latent=4, hidden=8, alpha=0.5, beta=0.2))
     out = m.losses(*args)
     expected = out["matching"] + 0.5 * out["item_recon"] + 0.2 * out["text_recon"] + out["rec"]
     assert out["total"].item() == pytest.approx(expected.item(), rel=1e-6)
@@ -65,7 +67,7 @@ def test_stage1_overfits_a_tiny_problem():
     b, d, t = 16, 6, 10
     user, pos, neg = torch.randn(b, d), torch.randn(b, d), torch.randn(b, d)
     pt, nt = torch.randn(b, t), torch.randn(b, t)
-    m = Stage1Aligner(d, t, latent=8, hidden=32)
+    m = Stage1Aligner(d, t, Stage1Config(latent=8, hidden=32))
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     first = m.losses(user, pos, neg, pt, nt)
     for _ in range(300):
@@ -125,7 +127,7 @@ def test_soft_tokens_land_at_their_positions(tiny_lm):
     tok = WordTokenizer()
     torch.manual_seed(0)
     table = torch.randn(10, 6)
-    model = ALLMRec(tiny_lm, tok, table, user_dim=5, proj_hidden=16)
+    model = ALLMRec(tiny_lm, tok, table, user_dim=5, config=ALLMRecConfig(proj_hidden=16))
     b = collate(tok, [[SoftToken("user"), "ab", SoftToken("item", 3)], ["abcd", SoftToken("item", 7)]])
     users = torch.randn(2, 5)
     emb = model.inputs_embeds(b, users)
@@ -143,7 +145,7 @@ def test_soft_tokens_land_at_their_positions(tiny_lm):
 
 def test_only_the_projectors_get_gradients(tiny_lm):
     tok = WordTokenizer()
-    model = ALLMRec(tiny_lm, tok, torch.randn(10, 6), user_dim=5, proj_hidden=16)
+    model = ALLMRec(tiny_lm, tok, torch.randn(10, 6), user_dim=5, config=ALLMRecConfig(proj_hidden=16))
     prompts = [recommendation_prompt(["a", "b"], ["c", "d"], [1, 2], [3, 4]) for _ in range(2)]
     b = collate(tok, prompts, [answer("c"), answer("d")])
     b["user_vecs"] = torch.randn(2, 5)
@@ -159,7 +161,7 @@ def test_only_the_projectors_get_gradients(tiny_lm):
 
 def test_loss_covers_only_answer_tokens(tiny_lm):
     tok = WordTokenizer()
-    model = ALLMRec(tiny_lm, tok, torch.randn(10, 6), user_dim=5, proj_hidden=16)
+    model = ALLMRec(tiny_lm, tok, torch.randn(10, 6), user_dim=5, config=ALLMRecConfig(proj_hidden=16))
     b = collate(tok, [recommendation_prompt(["a"], ["c", "d"], [1], [3, 4])], [answer("c")])
     b["user_vecs"] = torch.randn(1, 5)
     with torch.no_grad():
@@ -173,7 +175,7 @@ def test_loss_covers_only_answer_tokens(tiny_lm):
 def test_projectors_overfit_one_answer(tiny_lm):
     tok = WordTokenizer()
     torch.manual_seed(0)
-    model = ALLMRec(tiny_lm, tok, torch.randn(10, 6), user_dim=5, proj_hidden=32)
+    model = ALLMRec(tiny_lm, tok, torch.randn(10, 6), user_dim=5, config=ALLMRecConfig(proj_hidden=32))
     b = collate(tok, [recommendation_prompt(["a"], ["xq", "yz"], [1], [3, 4])], [answer("yz")])
     b["user_vecs"] = torch.randn(1, 5)
     opt = torch.optim.Adam(model.projector.parameters(), lr=1e-2)
@@ -188,7 +190,7 @@ def test_projectors_overfit_one_answer(tiny_lm):
 
 def test_generate_returns_one_text_per_prompt(tiny_lm):
     tok = WordTokenizer()
-    model = ALLMRec(tiny_lm, tok, torch.randn(10, 6), user_dim=5, proj_hidden=16)
+    model = ALLMRec(tiny_lm, tok, torch.randn(10, 6), user_dim=5, config=ALLMRecConfig(proj_hidden=16))
     prompts = [recommendation_prompt(["a"], ["c", "d"], [1], [3, 4]),
                recommendation_prompt(["ab", "c"], ["d", "e"], [1, 2], [3, 4])]
     b = collate(tok, prompts)

@@ -18,15 +18,11 @@ Both pretrained parts stay frozen; only small alignment networks are trained.
   one next movie ... from the following movie title set, "c1"[item], ... The recommendation
   is "" and is trained, with its weights frozen, to write the next title (loss on the answer
   tokens only). Inference is greedy decoding; the answer is mapped to one of the candidates
-  (:func:`map_to_candidates`).
+  (:func:`map_to_candidates`). ``recutils.pipelines.allmrec.LLMRecommender`` wraps both as
+  ``predict(users)`` (one ranked list per user) for the evaluator.
 
-Defaults (the paper's in comments; ours are smaller because the LM is small and the CPU slow)::
-
-    latent: 128         # d' of the joint embedding (paper 128)
-    ae_hidden: 256      # hidden width of each encoder / decoder (paper: one-layer MLPs)
-    alpha: 0.5          # weight of the item reconstruction loss (paper, Beauty)
-    beta: 0.2           # weight of the text reconstruction loss (paper, Beauty)
-    proj_hidden: 576    # hidden width of the stage-2 projectors (paper: 4096 = OPT-6.7B width)
+Hyper-parameters live in :class:`Stage1Config` and :class:`ALLMRecConfig` (the paper's
+values in the comments; ours are smaller because the LM is small and the CPU slow).
 """
 
 from __future__ import annotations
@@ -40,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recutils.batching import IGNORE_INDEX, pad_rows
 from recutils.data.text import readable_title
 from recutils.mapping import nearest_items, normalize_title
 
@@ -57,22 +54,36 @@ def matching_loss(e: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(e, q)
 
 
+@dataclass(frozen=True)
+class Stage1Config:
+    """Stage 1's hyper-parameters (eq. 2-6); the paper's values in the comments."""
+
+    latent: int = 128        # d' of the joint embedding e_i (paper: 128)
+    hidden: int = 256        # hidden width of each encoder / decoder MLP (paper: one-layer MLPs)
+    alpha: float = 0.5       # weight of the item reconstruction loss (paper, Beauty: 0.5)
+    beta: float = 0.2        # weight of the text reconstruction loss (paper, Beauty: 0.2)
+    matching: bool = True    # keep the matching loss (off: the paper's ablation, Table 6)
+    recon: bool = True       # keep both reconstruction losses (off: ablation, Table 6)
+    rec: bool = True         # keep the recommendation loss (off: ablation, Table 6)
+
+
 class Stage1Aligner(nn.Module):
     """Two auto-encoders whose latent spaces are matched (eq. 2-6).
 
     ``item_dim`` is the CF model's embedding width (SASRec: 50), ``text_dim`` the sentence
     encoder's (MiniLM: 384; SBERT in the paper: 768). The switches ``matching``, ``recon``
-    and ``rec`` drop a loss term (the paper's stage-1 ablations, Table 6).
+    and ``rec`` of the config drop a loss term (the paper's stage-1 ablations, Table 6).
     """
 
-    def __init__(self, item_dim: int, text_dim: int, latent: int = 128, hidden: int = 256,
-                 alpha: float = 0.5, beta: float = 0.2, matching: bool = True, recon: bool = True,
-                 rec: bool = True) -> None:
+    def __init__(self, item_dim: int, text_dim: int, config: Stage1Config | None = None) -> None:
         super().__init__()
-        self.item_enc, self.item_dec = mlp(item_dim, hidden, latent), mlp(latent, hidden, item_dim)
-        self.text_enc, self.text_dec = mlp(text_dim, hidden, latent), mlp(latent, hidden, text_dim)
-        self.alpha, self.beta = alpha, beta
-        self.use_matching, self.use_recon, self.use_rec = matching, recon, rec
+        c = self.config = config or Stage1Config()
+        self.item_enc = mlp(item_dim, c.hidden, c.latent)
+        self.item_dec = mlp(c.latent, c.hidden, item_dim)
+        self.text_enc = mlp(text_dim, c.hidden, c.latent)
+        self.text_dec = mlp(c.latent, c.hidden, text_dim)
+        self.alpha, self.beta = c.alpha, c.beta
+        self.use_matching, self.use_recon, self.use_rec = c.matching, c.recon, c.rec
 
     def joint(self, item_emb: torch.Tensor) -> torch.Tensor:
         """``e_i = f_I^enc(E_i)``: the joint collaborative-text embedding (section 4.1.4)."""
@@ -231,25 +242,20 @@ def collate(tokenizer, prompts: Sequence[Sequence[Segment]], answers: Sequence[s
     rows = []
     for k, segs in enumerate(prompts):
         ids, slots = encode_segments(tokenizer, segs)
-        labels = [-100] * len(ids)
+        labels = [IGNORE_INDEX] * len(ids)
         if answers is not None:
             a = tokenizer(answers[k], add_special_tokens=False)["input_ids"]
             if eos and tokenizer.eos_token_id is not None:
                 a = a + [tokenizer.eos_token_id]
             ids, labels = ids + a, labels + a
         rows.append((ids, labels, slots))
-    width = max(len(r[0]) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    all_slots = []
-    for r, (ids, lab, slots) in enumerate(rows):
-        off = width - len(ids)
-        input_ids[r, off:] = torch.tensor(ids)
-        labels[r, off:] = torch.tensor(lab)
-        mask[r, off:] = 1
-        all_slots += [(r, off + p, s) for p, s in slots]
+    input_ids = pad_rows([r[0] for r in rows], pad, side="left")
+    labels = pad_rows([r[1] for r in rows], IGNORE_INDEX, side="left")
+    mask = pad_rows([[1] * len(r[0]) for r in rows], 0, side="left")
+    width = input_ids.shape[1]
+    all_slots = [(r, width - len(ids) + p, s) for r, (ids, _, slots) in enumerate(rows)
+                 for p, s in slots]
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "slots": all_slots}
 
 
@@ -264,6 +270,17 @@ class SoftTokenProjector(nn.Module):
         self.item = mlp(item_dim, hidden, token_dim)
 
 
+@dataclass(frozen=True)
+class ALLMRecConfig:
+    """Stage 2's hyper-parameters (eq. 7-8, prompt, decoding); the paper's values in comments."""
+
+    proj_hidden: int | None = None  # projector hidden width; None: the LM's (paper: 4096 = OPT-6.7B)
+    n_candidates: int = 20          # titles in the prompt: the target + 19 unseen (paper: 20)
+    n_history: int = 5              # last history titles in the prompt (paper: 10)
+    max_new_tokens: int = 12        # greedy decoding budget of an answer (paper's code: 32)
+    batch_size: int = 4             # prompts per generation batch (paper: 4 per training step)
+
+
 class ALLMRec(nn.Module):
     """Stage 2: a frozen causal LM reading prompts with projected soft tokens.
 
@@ -273,8 +290,10 @@ class ALLMRec(nn.Module):
     """
 
     def __init__(self, lm, tokenizer, item_table: torch.Tensor, user_dim: int,
-                 proj_hidden: int | None = None) -> None:
+                 config: ALLMRecConfig | None = None) -> None:
         super().__init__()
+        self.config = config or ALLMRecConfig()
+        proj_hidden = self.config.proj_hidden
         self.lm, self.tokenizer = lm, tokenizer
         for p in self.lm.parameters():
             p.requires_grad_(False)
@@ -320,8 +339,10 @@ class ALLMRec(nn.Module):
         return out.loss
 
     @torch.no_grad()
-    def generate(self, batch: dict, max_new_tokens: int = 16) -> list[str]:
-        """Greedy continuation of each prompt (cut at the closing quote)."""
+    def generate(self, batch: dict, max_new_tokens: int | None = None) -> list[str]:
+        """Greedy continuation of each prompt (cut at the closing quote); at most
+        ``max_new_tokens`` new tokens (default: the config's)."""
+        max_new_tokens = max_new_tokens or self.config.max_new_tokens
         emb = self.inputs_embeds(batch, batch.get("user_vecs"))
         tok = self.tokenizer
         gen = self.lm.generate(inputs_embeds=emb, attention_mask=batch["attention_mask"],
