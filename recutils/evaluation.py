@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 
 from recutils.data.sequences import SequenceData, pad_sequences
+from recutils.progress import Progress
 
 PROTOCOLS = ("full", "full_masked", "sampled100", "sampled19")
 DEFAULT_KS = (1, 5, 10, 20)
@@ -183,19 +184,24 @@ class Evaluator:
         score_fn: Callable[[np.ndarray], torch.Tensor],
         batch_size: int = 256,
         keep_topk: int = 0,
+        progress: bool = False,
+        desc: str = "evaluate",
     ) -> EvalResult:
         """Call ``score_fn(user_indices)`` batch by batch and rank the targets.
 
         ``score_fn`` receives dataset user indices (rows of ``data.sequences``) and returns
         scores ``[len(users), n_items + 1]`` on any device. With ``keep_topk`` the top items
-        with the history removed are kept (for coverage, case studies).
+        with the history removed are kept (for coverage, case studies). ``progress`` reports
+        the users scored so far (:mod:`recutils.progress`; for slow ``score_fn`` s).
         """
         ranks: dict[str, list[torch.Tensor]] = {p: [] for p in self.protocols}
         tops = []
-        with torch.no_grad():
+        with torch.no_grad(), Progress(desc, total=len(self.users), unit="user",
+                                       disable=not progress) as bar:
             for start in range(0, len(self.users), batch_size):
                 rows = slice(start, start + batch_size)
                 scores = score_fn(self.users[rows])
+                bar.update(len(self.users[rows]))
                 for p, r in self.ranks(scores, rows).items():
                     ranks[p].append(r.cpu())
                 if keep_topk:
