@@ -107,7 +107,7 @@ def rank_shift(table: pd.DataFrame, ax=None, title: str = "Rank of each model un
     ax.set_title(title)
     ax.set_xlim(-0.3, len(x) - 0.3 + 0.8)
     ax.figure.canvas.draw()
-    if len(names) > 1:
+    if len(names) > 1 and _overlaps(names, ax.figure.canvas.get_renderer()):  # else leave them
         adjust_text(names, ax=ax, only_move={"text": "y", "static": "y", "explode": "y", "pull": "y"},
                     ensure_inside_axes=False, arrowprops=dict(arrowstyle="-", color="0.6", lw=0.5))
     _spread(names, ax)

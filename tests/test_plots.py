@@ -159,3 +159,13 @@ def test_log_ticks_are_plain_numbers_on_a_narrow_range_and_never_overlap():
     assert [s for s, _ in shown] == ["20", "50", "100", "200", "500"]
     assert not any(a.overlaps(b) for i, (_, a) in enumerate(shown) for _, b in shown[i + 1:])
     assert not any(t.get_text() for t in ax.xaxis.get_minorticklabels())
+
+
+def test_rank_shift_leaves_names_beside_their_line_when_nothing_overlaps():
+    table = pd.DataFrame({"full": [0.05, 0.06, 0.02], "sampled100": [0.45, 0.40, 0.22]},
+                         index=["SASRec", "BERT4Rec", "Pop"])
+    ax = rank_shift(table)
+    ends = {line.get_color(): line.get_ydata()[-1] for line in ax.get_lines()}
+    for t in ax.texts:
+        if t.get_text() in table.index:
+            assert t.get_position() == (1.08, ends[t.get_color()]), t.get_text()
