@@ -10,7 +10,7 @@ PIP_VERSION := 26.3
 # and its evaluation, spinning threads made a smoke test 30x slower.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup lock course notebook test lint strip bench clean
+.PHONY: setup lock course notebook test lint strip bench lab site clean
 
 setup: $(VENV)/.installed
 
@@ -61,6 +61,14 @@ strip: setup
 
 bench: setup
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+# Step through the notebooks by hand in JupyterLab (opens a browser tab).
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+# The executed default-run notebooks (make course) as a static HTML course in build/site/.
+site: setup
+	$(PY) -m recutils.site
 
 clean:
 	rm -rf build .pytest_cache

@@ -13,6 +13,7 @@ end, and a failure stops nothing silently: the run exits non-zero and names the 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import nbformat
 
 from recutils.notebook import project_root
+from recutils.progress import ENV as PROGRESS_ENV
 
 ROOT = project_root()
 
@@ -31,14 +33,26 @@ def notebooks(root: Path = ROOT) -> list[Path]:
 
 def run_notebook(path: Path, scale: str, out_dir: Path, parameters: dict | None = None,
                  kernel: str = "python3", timeout: int | None = None) -> float:
-    """Execute one notebook with papermill; return the seconds it took."""
+    """Execute one notebook with papermill; return the seconds it took.
+
+    The kernel inherits ``RECUTILS_PROGRESS=lines`` (one line per long stage instead of
+    progress bars in the executed notebook; see :mod:`recutils.progress`).
+    """
     import papermill as pm
 
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    pm.execute_notebook(str(path), str(out_dir / path.name),
-                        parameters={"SCALE": scale, **(parameters or {})}, kernel_name=kernel,
-                        cwd=str(path.parent), progress_bar=False, execution_timeout=timeout)
+    before = os.environ.get(PROGRESS_ENV)
+    os.environ[PROGRESS_ENV] = "lines"
+    try:
+        pm.execute_notebook(str(path), str(out_dir / path.name),
+                            parameters={"SCALE": scale, **(parameters or {})}, kernel_name=kernel,
+                            cwd=str(path.parent), progress_bar=False, execution_timeout=timeout)
+    finally:
+        if before is None:
+            os.environ.pop(PROGRESS_ENV, None)
+        else:
+            os.environ[PROGRESS_ENV] = before
     return time.perf_counter() - start
 
 

@@ -39,6 +39,7 @@ import torch
 
 from recutils.batching import pad_sequences
 from recutils.data.sequences import SequenceData
+from recutils.progress import Progress
 
 PROTOCOLS = ("full", "full_masked", "sampled100", "sampled19")
 DEFAULT_KS = (1, 5, 10, 20)
@@ -185,13 +186,16 @@ class Evaluator:
         model: Recommender | Callable[[np.ndarray], Predictions],
         batch_size: int = 256,
         keep_topk: int = 0,
+        progress: bool = False,
+        desc: str = "evaluate",
     ) -> EvalResult:
         """Call ``model.predict(user_indices)`` (or ``model(users)``) batch by batch; rank targets.
 
         It receives dataset user indices (rows of ``data.sequences``) and returns scores
         ``[len(users), n_items + 1]`` on any device, or one ranked item list per user (best
         first; see :meth:`evaluate_ranked`). With ``keep_topk`` the top items with the
-        history removed are kept (for coverage, case studies).
+        history removed are kept (for coverage, case studies). ``progress`` reports the users
+        scored so far (:mod:`recutils.progress`; for slow models).
         """
         predict = model.predict if hasattr(model, "predict") else model
 
@@ -203,10 +207,12 @@ class Evaluator:
 
         ranks: dict[str, list[torch.Tensor]] = {p: [] for p in self.protocols}
         tops = []
-        with torch.no_grad():
+        with torch.no_grad(), Progress(desc, total=len(self.users), unit="user",
+                                       disable=not progress) as bar:
             for start in range(0, len(self.users), batch_size):
                 rows = slice(start, start + batch_size)
                 scores = score_fn(self.users[rows])
+                bar.update(len(self.users[rows]))
                 for p, r in self.ranks(scores, rows).items():
                     ranks[p].append(r.cpu())
                 if keep_topk:

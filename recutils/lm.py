@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from recutils.data.download import data_home
+from recutils.progress import Progress
 from recutils.reproducibility import preserved_rng
 
 MINILM = "all-MiniLM-L6-v2"
@@ -168,11 +169,17 @@ def load_sentence_encoder(name: str = MINILM, device: torch.device | str = "cpu"
 
 def encode_texts(texts: list[str], encoder=None, name: str = MINILM, batch_size: int = 64,
                  normalize: bool = True, device: torch.device | str = "cpu",
-                 progress: bool = False) -> np.ndarray:
-    """Sentence embeddings [len(texts), dim] (float32, unit length when ``normalize``)."""
+                 progress: bool = True, desc: str = "encode texts") -> np.ndarray:
+    """Sentence embeddings [len(texts), dim] (float32, unit length when ``normalize``).
+
+    One call of the encoder over all texts (so the numbers do not depend on how progress is
+    shown), reported as one :mod:`recutils.progress` stage.
+    """
     encoder = encoder or load_sentence_encoder(name, device)
-    emb = encoder.encode(texts, batch_size=batch_size, convert_to_numpy=True,
-                         normalize_embeddings=normalize, show_progress_bar=progress)
+    with Progress(desc, total=len(texts), unit="text", disable=not progress) as bar:
+        emb = encoder.encode(texts, batch_size=batch_size, convert_to_numpy=True,
+                             normalize_embeddings=normalize, show_progress_bar=False)
+        bar.update(len(texts))
     return emb.astype(np.float32)
 
 
@@ -212,16 +219,19 @@ def completion_batch(tokenizer, prompts: list[str], completions: list[str], max_
 @torch.no_grad()
 def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int = 24,
                    num_beams: int = 1, num_return_sequences: int = 1, stop: str | None = None,
-                   batch_size: int = 8, **kwargs) -> list[list[str]]:
+                   batch_size: int = 8, progress: bool = True, desc: str = "generate",
+                   **kwargs) -> list[list[str]]:
     """Generate ``num_return_sequences`` continuations per prompt (greedy or beam search).
 
     Returns one list of strings per prompt, best first; each string is cut at ``stop``
-    when given (e.g. the end marker a model was fine-tuned to emit) and stripped.
+    when given (e.g. the end marker a model was fine-tuned to emit) and stripped. Progress
+    (:mod:`recutils.progress`) counts prompts.
     """
     if num_return_sequences > max(num_beams, 1) and not kwargs.get("do_sample"):
         raise ValueError("num_return_sequences cannot exceed num_beams without sampling")
     device = next(model.parameters()).device
     out: list[list[str]] = []
+    bar = Progress(desc, total=len(prompts), unit="prompt", disable=not progress)
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
@@ -234,4 +244,6 @@ def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int = 2
         texts = [t.strip() for t in texts]
         for i in range(len(chunk)):
             out.append(texts[i * num_return_sequences:(i + 1) * num_return_sequences])
+        bar.update(len(chunk))
+    bar.close()
     return out

@@ -14,7 +14,7 @@ import pandas as pd
 
 
 def metric_bars(values: pd.DataFrame, errors: pd.DataFrame | None = None, ax=None,
-                ylabel: str = "", title: str = ""):
+                ylabel: str = "", title: str = "", xlabel: str = ""):
     """Grouped bars: rows of ``values`` are groups (e.g. metrics), columns are methods.
 
     ``errors`` (same shape) gives symmetric error bars, e.g. the std over seeds.
@@ -29,6 +29,7 @@ def metric_bars(values: pd.DataFrame, errors: pd.DataFrame | None = None, ax=Non
         ax.bar(x + (j - (n - 1) / 2) * width, values[col].to_numpy(), width, yerr=err,
                label=str(col), capsize=3)
     ax.set_xticks(x, [str(i) for i in values.index])
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8, frameon=False)
@@ -36,30 +37,151 @@ def metric_bars(values: pd.DataFrame, errors: pd.DataFrame | None = None, ax=Non
     return ax
 
 
-def rank_shift(table: pd.DataFrame, ax=None, title: str = "Rank of each model under each protocol"):
+def _overlaps(texts, renderer) -> list[tuple[int, int]]:
+    """Pairs of texts whose drawn bounding boxes overlap (after ``fig.canvas.draw()``)."""
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    return [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes))
+            if boxes[i].overlaps(boxes[j])]
+
+
+def _spread(texts, ax, min_gap_px: float = 1.0, vertical: bool = True) -> None:
+    """Push apart texts that still overlap after adjustText, along one axis, in pixels."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    to_data = ax.transData.inverted()
+    for _ in range(200):
+        pairs = _overlaps(texts, renderer)
+        if not pairs:
+            return
+        for i, j in pairs:
+            bi, bj = texts[i].get_window_extent(renderer), texts[j].get_window_extent(renderer)
+            if vertical:
+                shift = (min(bi.y1, bj.y1) - max(bi.y0, bj.y0)) / 2 + min_gap_px
+                lower, upper = (texts[i], texts[j]) if bi.y0 <= bj.y0 else (texts[j], texts[i])
+                for t, sign in ((lower, -1), (upper, 1)):
+                    x, y = ax.transData.transform(t.get_position())
+                    t.set_position(to_data.transform((x, y + sign * shift)))
+            else:
+                shift = (min(bi.x1, bj.x1) - max(bi.x0, bj.x0)) / 2 + min_gap_px
+                left, right = (texts[i], texts[j]) if bi.x0 <= bj.x0 else (texts[j], texts[i])
+                for t, sign in ((left, -1), (right, 1)):
+                    x, y = ax.transData.transform(t.get_position())
+                    t.set_position(to_data.transform((x + sign * shift, y)))
+
+
+def rank_shift(table: pd.DataFrame, ax=None, title: str = "Rank of each model under each protocol",
+               metric: str = "", values: bool = True):
     """Slope chart: ``table`` has models as rows, protocols as columns (higher value = better).
 
     Each line follows one model's rank (1 = best) from protocol to protocol; crossing lines
-    are protocols that disagree about which model is better.
+    are protocols that disagree about which model is better. Model names sit at the right
+    end, each point carries its value (``values``); adjustText (then a vertical nudge) keeps
+    labels from overlapping, and tied points share one value label. ``metric`` names what
+    the ranks are by, on the y axis.
     """
+    from adjustText import adjust_text
+
     ranks = table.rank(axis=0, ascending=False, method="min")
     if ax is None:
         _, ax = plt.subplots(figsize=(1.8 + 1.6 * len(table.columns), 0.6 + 0.45 * len(table)))
     x = np.arange(len(table.columns))
+    names, numbers, seen = [], [], set()
     for model, row in ranks.iterrows():
-        ax.plot(x, row.to_numpy(), marker="o")
-        ax.annotate(str(model), (x[-1], row.iloc[-1]), xytext=(6, 0), textcoords="offset points",
-                    va="center", fontsize=9)
-        for xi, (r, v) in enumerate(zip(row.to_numpy(), table.loc[model].to_numpy())):
-            ax.annotate(f"{v:.3f}", (xi, r), xytext=(0, 7), textcoords="offset points",
-                        ha="center", fontsize=7, color="0.35")
+        (line,) = ax.plot(x, row.to_numpy(), marker="o")
+        names.append(ax.text(x[-1] + 0.08, row.iloc[-1], str(model), va="center", ha="left",
+                             fontsize=9, color=line.get_color()))
+        if values:
+            for xi, (r, v) in enumerate(zip(row.to_numpy(), table.loc[model].to_numpy())):
+                label = f"{v:.3f}"
+                if (xi, r, label) in seen:  # a tie: one label for the shared point
+                    continue
+                seen.add((xi, r, label))
+                numbers.append(ax.text(xi, r - 0.3, label, ha="center", va="bottom", fontsize=7,
+                                       color="0.35"))
     ax.set_xticks(x, [str(c) for c in table.columns])
     ax.set_yticks(range(1, len(table) + 1))
-    ax.set_ylim(len(table) + 0.5, 0.5)
-    ax.set_ylabel("rank (1 = best)")
+    ax.set_ylim(len(table) + 0.5, 0.2)
+    ax.set_xlabel("protocol")
+    ax.set_ylabel(f"rank by {metric} (1 = best)" if metric else "rank (1 = best)")
     ax.set_title(title)
     ax.set_xlim(-0.3, len(x) - 0.3 + 0.8)
+    ax.figure.canvas.draw()
+    if len(names) > 1 and _overlaps(names, ax.figure.canvas.get_renderer()):  # else leave them
+        adjust_text(names, ax=ax, only_move={"text": "y", "static": "y", "explode": "y", "pull": "y"},
+                    ensure_inside_axes=False, arrowprops=dict(arrowstyle="-", color="0.6", lw=0.5))
+    _spread(names, ax)
+    # value labels: each column on its own (they never collide across columns)
+    for xi in range(len(x)):
+        column = [t for t in numbers if t.get_position()[0] == xi]
+        if len(column) > 1:
+            _spread(column, ax)
     return ax
+
+
+def log_ticks(axis, lo: float, hi: float, si: bool = False) -> None:
+    """Readable log ticks: decades (10^-4, 10^-3 or 1k, 10k, 1M with ``si``), and 1-2-5 steps in
+    plain numbers when the data span less than two decades; no minor tick labels."""
+    from matplotlib.ticker import (
+        EngFormatter,
+        FuncFormatter,
+        LogFormatterSciNotation,
+        LogLocator,
+        NullFormatter,
+    )
+
+    narrow = hi / max(lo, 1e-300) < 100
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if narrow else (1.0,), numticks=12))
+    if si:
+        axis.set_major_formatter(EngFormatter(sep=""))
+    elif narrow:
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    else:
+        axis.set_major_formatter(LogFormatterSciNotation())
+    axis.set_minor_locator(LogLocator(base=10, subs=np.arange(2, 10) * 0.1, numticks=12))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def cost_quality(table: pd.DataFrame, quality: str, costs: dict[str, str], group: str = "notebook",
+                 title: str = "", label_min_quality: float | None = None):
+    """One panel per cost (log x axis, decade ticks) against ``quality``, one colour per ``group``.
+
+    ``table`` has one row per method (the index names it) with the cost columns, ``quality``
+    and ``group``; ``costs`` maps a cost column to its axis label (a column named
+    ``params_*`` gets SI ticks: 1k, 1M). Rows without a positive cost are left out of that
+    panel. Method names are placed with adjustText; ``label_min_quality`` labels only the
+    methods at least that good (the rest stay unlabelled points).
+    """
+    import seaborn as sns
+    from adjustText import adjust_text
+
+    fig, axes = plt.subplots(1, len(costs), figsize=(5.2 * len(costs), 5.0), squeeze=False)
+    groups = sorted(table.dropna(subset=[quality])[group].astype(str).unique())
+    palette = dict(zip(groups, sns.color_palette("tab10", len(groups))))
+    for ax, (col, label) in zip(axes[0], costs.items()):
+        sub = table[[col, quality, group]].dropna()
+        sub = sub.astype({col: float, quality: float, group: str})
+        sub = sub[sub[col] > 0]
+        sns.scatterplot(data=sub, x=col, y=quality, hue=group, hue_order=groups, palette=palette,
+                        s=36, ax=ax, legend="auto" if ax is axes[0, 0] else False)
+        ax.set_xscale("log")
+        ax.margins(x=0.08, y=0.12)  # room for the labels inside the frame
+        log_ticks(ax.xaxis, sub[col].min(), sub[col].max(), si=col.startswith("params"))
+        texts = [ax.text(r[col], r[quality], str(name), fontsize=6.5, color="0.2")
+                 for name, r in sub.iterrows()
+                 if label_min_quality is None or r[quality] >= label_min_quality]
+        if texts:
+            adjust_text(texts, x=sub[col].to_numpy(), y=sub[quality].to_numpy(), ax=ax,
+                        arrowprops=dict(arrowstyle="-", color="0.6", lw=0.5))
+            _spread(texts, ax)
+        ax.set(xlabel=f"{label} (log scale)", ylabel=quality)
+        ax.grid(alpha=0.3, which="major")
+    if axes[0, 0].get_legend() is not None:
+        axes[0, 0].legend(title=group, fontsize=7, title_fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 def attention_panels(attention: np.ndarray, boundaries: Sequence[int] = (),

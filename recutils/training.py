@@ -1,7 +1,7 @@
 """Device choice, and one small training loop for every model of the course (seeding: reproducibility.py).
 
 ``fit`` trains any module with a ``loss(batch)`` method (or a given loss function):
-AdamW, tqdm progress, optional gradient clipping, mixed precision on CUDA only, early
+AdamW, progress (recutils.progress: bar, one line per stage, or off), optional gradient clipping, mixed precision on CUDA only, early
 stopping on a validation score with patience, best weights restored at the end. It never
 sees the test split: selection is on whatever ``valid_fn`` returns (the course passes
 validation NDCG@10).
@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from recutils.batching import batch_indices, pad_sequences, to_device
 from recutils.data.sequences import SequenceData
 from recutils.evaluation import Evaluator
+from recutils.progress import Progress
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -195,8 +195,8 @@ def fit(
         if consider(history.before["valid"]):
             best_state = snapshot()
 
-    bar = tqdm(total=sum(len(p) for p in plan) if plan is not None else cfg.epochs, desc=desc,
-               disable=not cfg.progress)
+    bar = Progress(desc, total=sum(len(p) for p in plan) if plan is not None else cfg.epochs,
+                   unit="step" if plan is not None else "epoch", disable=not cfg.progress)
     step = 0
     for epoch in range(cfg.epochs):
         model.train()
@@ -220,7 +220,7 @@ def fit(
             if sched is not None:
                 sched.step()
                 bar.update(1)
-                bar.set_postfix(loss=f"{value:.3f}")
+                bar.set_postfix(loss=value)
             total_loss, n = total_loss + value, n + 1
             for k, v in parts.items():
                 terms[k] = terms.get(k, 0.0) + v
@@ -246,7 +246,7 @@ def fit(
         history.epochs.append(row)
         if sched is None:
             bar.update(1)
-            bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k in ("loss", "valid")})
+            bar.set_postfix(**{k: v for k, v in row.items() if k in ("loss", "valid")})
         if valid_fn is not None and bad >= cfg.patience:
             break
     bar.close()

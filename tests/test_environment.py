@@ -37,3 +37,14 @@ def test_the_lock_covers_every_direct_dependency():
     locked = _locked()
     missing = [d for d in deps if d.lower().replace("_", "-") not in locked and d != "setuptools"]
     assert deps and not missing, f"pyproject.toml dependencies not in requirements.lock: {missing}"
+
+
+def test_every_dependency_says_who_needs_it():
+    text = (ROOT / "pyproject.toml").read_text()
+    lists = re.findall(r'^(?:dependencies|dev) = \[(.*?)^\]', text, flags=re.M | re.S)
+    lines = [line.strip() for block in lists for line in block.splitlines()
+             if line.strip().startswith('"')]
+    assert len(lines) > 10
+    bare = [line for line in lines if "#" not in line]
+    assert not bare, f"pyproject.toml: say which notebook/module needs {bare}"
+    assert not any(line.startswith('"accelerate') for line in lines), "accelerate is never imported"

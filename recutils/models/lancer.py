@@ -38,6 +38,7 @@ from torch.nn import functional as F
 
 from recutils.batching import to_device
 from recutils.data.text import readable_title
+from recutils.progress import Progress, track
 
 # --- text -----------------------------------------------------------------------------------
 
@@ -245,13 +246,12 @@ class LANCER(nn.Module):
         Texts are left-padded, so the last real token is the last position; the prefix is the
         knowledge prompt (``with_prefix``) or nothing (the no-knowledge ablation).
         """
-        from tqdm.auto import tqdm
-
         was = self.training
         self.eval()
         dev = self.knowledge.embedding.weight.device
         out = []
-        for s in tqdm(range(0, len(texts), batch_size), desc="h_i", disable=not progress):
+        for s in track(range(0, len(texts), batch_size), "h_i (item representations)",
+                       unit="batch", disable=not progress):
             enc = self.tokenizer(texts[s:s + batch_size], return_tensors="pt", padding=True,
                                  add_special_tokens=False).to(dev)
             if self.tokenizer.padding_side != "left":
@@ -413,8 +413,6 @@ def train_stage(model: nn.Module, batches, loss_fn, params: Sequence[nn.Paramete
     """
     import time
 
-    from tqdm.auto import tqdm
-
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter with requires_grad=True")
@@ -433,7 +431,7 @@ def train_stage(model: nn.Module, batches, loss_fn, params: Sequence[nn.Paramete
         best = float(valid_fn(model))
         log["valid"].append(best)
         best_state = snapshot()
-    bar = tqdm(total=total, desc=desc, disable=not progress)
+    bar = Progress(desc, total=total, unit="step", disable=not progress)
     for epoch, epoch_batches in enumerate(plan, start=1):
         model.train()
         for batch in epoch_batches:

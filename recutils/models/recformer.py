@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recutils.batching import IGNORE_INDEX, collate, seeded_batches, to_device
+from recutils.progress import track
 
 CLS, KEY, VALUE, PAD = 0, 1, 2, 3  # token roles
 
@@ -166,11 +167,13 @@ class RecFormer(nn.Module):
 
 @torch.no_grad()
 def encode_items(model: RecFormer, item_tokens, cls_id: int, pad_id: int, batch_size: int = 256,
-                 device: torch.device | str = "cpu", pooling: str | None = None) -> torch.Tensor:
+                 device: torch.device | str = "cpu", pooling: str | None = None,
+                 progress: bool = False) -> torch.Tensor:
     """Item table [n_items + 1, H] (row 0, the padding item, is zero), in eval mode.
 
     ``pooling`` (default: the model config's) ``"cls"`` is RecFormer's item vector; ``"mean"``
     averages the token outputs (the sentence-transformers way, i.e. plain LM text features).
+    ``progress`` reports the batches (:mod:`recutils.progress`).
     """
     pooling = model.config.pooling if pooling is None else pooling
     if pooling not in ("cls", "mean"):
@@ -179,7 +182,8 @@ def encode_items(model: RecFormer, item_tokens, cls_id: int, pad_id: int, batch_
     model.eval()
     ids = np.arange(1, len(item_tokens))
     out = [torch.zeros(1, model.backbone.config.hidden_size, device=device)]
-    for s in range(0, len(ids), batch_size):
+    for s in track(range(0, len(ids), batch_size), "encode items", unit="batch",
+                   disable=not progress):
         b = to_device(item_batch(item_tokens, ids[s:s + batch_size], cls_id, pad_id), device)
         if pooling == "cls":
             out.append(model.encode(b))

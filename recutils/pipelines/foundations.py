@@ -12,6 +12,7 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 
 from recutils.baselines import Run, record_run
 from recutils.data.registry import RawDataset
@@ -19,6 +20,7 @@ from recutils.data.sequences import SequenceData
 from recutils.evaluation import Evaluator
 from recutils.models.popularity import Popularity
 from recutils.notebook import Recorder, claim
+from recutils.plots import log_ticks
 
 PROTOCOLS = ("full", "full_masked", "sampled100", "sampled19")
 RECBOLE_SASREC_NDCG10 = 0.0581  # RecBole 1.2.1's SASRec on this split, measured (README)
@@ -42,9 +44,10 @@ def data_figure(data: SequenceData):
     lengths = np.array([len(s) for s in data.sequences])
     counts = data.item_counts()[1:]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-    axes[0].hist(lengths, bins=50, color="tab:blue")
+    sns.histplot(lengths, bins=40, log_scale=True, color="tab:blue", ax=axes[0])
+    log_ticks(axes[0].xaxis, lengths.min(), lengths.max())
     axes[0].axvline(np.median(lengths), color="k", ls="--", label=f"median {np.median(lengths):.0f}")
-    axes[0].set(xlabel="items per user", ylabel="users", title="Sequence lengths")
+    axes[0].set(xlabel="items per user (log scale)", ylabel="users", title="Sequence lengths")
     axes[0].legend()
     axes[1].loglog(np.arange(1, len(counts) + 1), np.sort(counts)[::-1], color="tab:orange")
     axes[1].set(xlabel="item rank by popularity", ylabel="training interactions",
