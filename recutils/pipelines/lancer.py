@@ -158,7 +158,18 @@ class LANCERRun:
         seed_everything(seed)
         self.model = LANCER(lm, tokenizer, config).to(device)
         self.knowledge_init = self._clone(self.model.knowledge)
+        self.slot = slice(-config.max_slots, None) if config.max_slots else slice(None)
+        # filled by the steps, in order
         self.timer: dict[str, float] = {}
+        self.knowledge_history: History | None = None
+        self.n_knowledge_items = self.n_encoded = 0
+        self.examples: list[tuple[int, int]] = []
+        self.reps: dict[bool, torch.Tensor] = {}  # h_i with (True) / without the knowledge prefix
+        self.knowledge_trained: dict | None = None  # the knowledge prefix after its training
+        self.reasoning_init: dict | None = None  # the untrained reasoning prompt
+        self.lm_params: list[torch.nn.Parameter] = []
+        self.ranked: dict[str, list[list[int]]] = {}
+        self.exact: dict[str, float] = {}
         self.histories: dict[str, History] = {}
         self.states: dict[str, dict] = {}
         self.generations: dict[str, list[list[str]]] = {}
@@ -230,7 +241,7 @@ class LANCERRun:
         """h_i with the knowledge prefix and without (the no-knowledge ablation) of every item
         that appears in a history slot we use; returns the mean pairwise cosine of each."""
         self.examples = self.reasoning_examples()
-        slot = self.slot = slice(-self.cfg.max_slots, None) if self.cfg.max_slots else slice(None)
+        slot = self.slot
         needed = set()
         for u, t in self.examples:
             needed.update(self.train_seqs[u][:t][slot].tolist())
@@ -240,7 +251,6 @@ class LANCERRun:
             needed.update(self.test_in[u][slot].tolist())
         needed = np.array(sorted(needed))
         texts = [" ".join(self.content(int(i))) for i in needed]
-        self.reps = {}
         for prefix, key in ((True, "item_reps"), (False, "item_reps_no_knowledge")):
             t0 = time.perf_counter()
             reps = torch.zeros(self.data.n_items + 1, self.lm.config.hidden_size)
