@@ -7,6 +7,7 @@ from conftest import tiny_llama  # the 2-layer Llama every LM test uses
 
 from recutils.models.lancer import (
     LANCER,
+    LANCERConfig,
     PrefixEncoder,
     first_item,
     history_prompt,
@@ -16,6 +17,8 @@ from recutils.models.lancer import (
     reasoning_batch,
     split_layers,
 )
+
+TINY = LANCERConfig(n_prefix=4, mlp_hidden=16, attn_dim=8, dropout=0.0)
 
 
 class CharTokenizer:
@@ -65,7 +68,7 @@ def test_prefix_shapes_follow_the_lm(tiny_lm):
 
 def test_prefix_changes_the_lm_output_and_only_the_prefix_trains(tiny_lm):
     tok = CharTokenizer()
-    model = LANCER(tiny_lm, tok, n_prefix=4, mlp_hidden=16, attn_dim=8, dropout=0.0)
+    model = LANCER(tiny_lm, tok, TINY)
     assert not any(p.requires_grad for p in tiny_lm.parameters())
     ids = torch.randint(2, 60, (2, 7))
     mask = torch.ones_like(ids)
@@ -73,7 +76,7 @@ def test_prefix_changes_the_lm_output_and_only_the_prefix_trains(tiny_lm):
     labels[:, :4] = -100
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     prefix, pmask = model.knowledge_prefix(2)
-    loss = model.lm_loss(batch, prefix, pmask)
+    loss = model.prefix_lm_loss(batch, prefix, pmask)
     loss.backward()
     assert model.knowledge.embedding.weight.grad is not None
     assert model.knowledge.embedding.weight.grad.abs().sum() > 0
@@ -87,26 +90,26 @@ def test_prefix_changes_the_lm_output_and_only_the_prefix_trains(tiny_lm):
 def test_item_representation_ignores_left_padding(tiny_lm):
     """h_i of a text is the same alone and in a batch where it is left-padded."""
     tok = CharTokenizer()
-    model = LANCER(tiny_lm, tok, n_prefix=4, mlp_hidden=16, attn_dim=8, dropout=0.0).eval()
-    alone = model.encode_items(["ab : cd"])
-    padded = model.encode_items(["ab : cd", "a much longer item text"])
+    model = LANCER(tiny_lm, tok, TINY).eval()
+    alone = model.embed_titles(["ab : cd"])
+    padded = model.embed_titles(["ab : cd", "a much longer item text"])
     assert torch.allclose(alone[0], padded[0], atol=1e-5)
     assert not torch.allclose(padded[0], padded[1])
 
 
 def test_loss_ignores_padding_labels(tiny_lm):
     tok = CharTokenizer()
-    model = LANCER(tiny_lm, tok, n_prefix=4, mlp_hidden=16, attn_dim=8, dropout=0.0).eval()
+    model = LANCER(tiny_lm, tok, TINY).eval()
     ids = torch.randint(2, 60, (1, 6))
     labels = torch.full_like(ids, -100)
     with pytest.raises(ValueError, match="no completion token"):
-        model.lm_loss({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels},
+        model.prefix_lm_loss({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels},
                       *model.knowledge_prefix(1))
 
 
 def test_reasoning_prefix_and_beam_search(tiny_lm):
     tok = CharTokenizer()
-    model = LANCER(tiny_lm, tok, n_prefix=4, mlp_hidden=16, attn_dim=8, dropout=0.0).eval()
+    model = LANCER(tiny_lm, tok, TINY).eval()
     reps = torch.randn(6, 32)
     titles = ["", "Alpha", "Beta", "Gamma", "Delta", "Eps"]
     genres = [[], ["Drama"], ["Comedy"], ["Drama"], [], ["Horror"]]
@@ -138,7 +141,7 @@ def test_reasoning_prefix_and_beam_search(tiny_lm):
 
 
 def test_ablation_without_reasoning_has_no_user_slots(tiny_lm):
-    model = LANCER(tiny_lm, CharTokenizer(), n_prefix=4, mlp_hidden=16, attn_dim=8,
+    model = LANCER(tiny_lm, CharTokenizer(), LANCERConfig(n_prefix=4, mlp_hidden=16, attn_dim=8),
                    use_reasoning=False)
     prefix, pmask, attn = model.user_prefix(torch.randn(2, 3, 32), torch.ones(2, 3))
     assert prefix.shape[1] == 4 and attn is None
@@ -170,23 +173,19 @@ def test_item_mapping_by_max_pooled_token_embeddings():
         map_generations([["abc"]], item_emb[:3], item_emb, k=2, per_text=2)
 
 
-def test_train_stage_restores_the_best_epoch():
-    """A stage whose validation value gets worse is undone (epoch 0 = before training)."""
-    from recutils.models.lancer import train_stage
-
-    torch.manual_seed(0)
-    lin = torch.nn.Linear(3, 1)
-    before = [p.detach().clone() for p in lin.parameters()]
-    x = torch.randn(8, 3)
-    batches = lambda epoch: [{"x": x}]  # noqa: E731
-    loss = lambda m, b: (m(b["x"]) - 5).pow(2).mean()  # noqa: E731
-    calls = iter([1.0, 2.0, 3.0])  # validation only gets worse
-    log = train_stage(lin, batches, loss, lin.parameters(), epochs=2, lr=0.1,
-                      valid_fn=lambda m: next(calls), progress=False)
-    assert log["best_epoch"] == 0 and len(log["loss"]) == 2 and len(log["valid"]) == 3
-    assert all(torch.equal(a, b) for a, b in zip(before, lin.parameters()))
-    log = train_stage(lin, batches, loss, lin.parameters(), epochs=2, lr=0.1, progress=False)
-    assert log["loss"][1] < log["loss"][0]
-    assert not all(torch.equal(a, b) for a, b in zip(before, lin.parameters()))
-    with pytest.raises(ValueError, match="nothing to train"):
-        train_stage(lin, batches, loss, [], epochs=1)
+def test_predict_maps_the_beams_to_distinct_items(tiny_lm):
+    """predict = generate (first item of every beam) -> nearest items, duplicates removed."""
+    tok = CharTokenizer()
+    model = LANCER(tiny_lm, tok, LANCERConfig(n_prefix=4, mlp_hidden=16, attn_dim=8, dropout=0.0,
+                                              beams=3, max_new_tokens=4, top_k=4)).eval()
+    titles = ["", "Alpha", "Beta", "Gamma", "Delta", "Eps", "Zeta", "Eta", "Theta", "Iota",
+              "Kappa", "Lambda", "Mu"]
+    genres = [[], ["Drama"], ["Comedy"], ["Drama"], [], ["Horror"]] + [["Drama"]] * 7
+    gen = reasoning_batch(tok, torch.randn(13, 32), [[1, 2], [3, 4, 5]], titles, genres)
+    texts = model.generate(gen)
+    assert len(texts) == 2 and all(len(t) == 3 and "->" not in " ".join(t) for t in texts)
+    item_emb = pooled_token_embeddings(titles, tok, tiny_lm.get_input_embeddings())
+    ranked = model.predict(gen, item_emb)
+    assert len(ranked) == 2
+    for r in ranked:
+        assert len(r) == len(set(r)) == 4 and all(1 <= i <= 12 for i in r)

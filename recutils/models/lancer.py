@@ -30,15 +30,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from recutils.batching import to_device
 from recutils.data.text import readable_title
-from recutils.progress import Progress, track
+from recutils.progress import track
 
 # --- text -----------------------------------------------------------------------------------
 
@@ -172,26 +172,45 @@ class ReasoningPrompt(nn.Module):
 
 # --- the model ------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class LANCERConfig:
+    """LANCER's hyper-parameters (the paper's / public code's value in each comment)."""
+
+    n_prefix: int = 20            # knowledge-prompt virtual tokens n (public code: 20)
+    mlp_hidden: int = 256         # hidden width of the prefix MLPs Linear-Tanh-Linear (ours)
+    attn_dim: int = 256           # width of the reasoning attention W_q, W_k, W_v (ours)
+    dropout: float = 0.2          # dropout on both prefixes (public code: 0.2)
+    max_items: int = 10           # history items listed in the reasoning prompt (paper: <= 10)
+    max_slots: int | None = None  # last history items that get a reasoning slot (None: all)
+    max_genres: int = 3           # genres per history item in the prompt text (ours)
+    max_length: int = 512         # token limit of a reasoning example (prompt + title)
+    embed_batch: int = 32         # item texts per forward when computing h_i
+    beams: int = 10               # beam width w of generation (paper: 10)
+    max_new_tokens: int = 32      # generated tokens per beam (public code: 32 per item)
+    length_penalty: float = 1.0   # beam score = log-prob / length ** penalty (Hugging Face: 1.0)
+    top_k: int = 20               # items in the ranked list mapped from the beams
+
+
 class LANCER(nn.Module):
     """Knowledge prompt + reasoning prompt around a causal LM (frozen unless LoRA is added).
 
-    ``use_knowledge=False`` and ``use_reasoning=False`` give the paper's two ablations: the
-    first drops the knowledge-trained prefix (the prefix of the reasoning LM starts from
-    scratch and the item representations come from the LM without a prefix), the second
-    drops the per-user reasoning slots (one shared prefix for everybody).
+    The paper's two ablations (set up by :mod:`recutils.pipelines.lancer`): without the
+    knowledge prompt the reasoning LM's prefix starts from scratch and the item
+    representations come from the LM without a prefix; ``use_reasoning=False`` drops the
+    per-user reasoning slots (one shared prefix for everybody).
     """
 
-    def __init__(self, lm, tokenizer, n_prefix: int = 20, mlp_hidden: int = 256,
-                 attn_dim: int = 256, dropout: float = 0.2, use_knowledge: bool = True,
+    def __init__(self, lm, tokenizer, config: LANCERConfig | None = None,
                  use_reasoning: bool = True) -> None:
         super().__init__()
-        self.lm, self.tokenizer = lm, tokenizer
+        cfg = config or LANCERConfig()
+        self.lm, self.tokenizer, self.cfg = lm, tokenizer, cfg
         for p in lm.parameters():
             p.requires_grad_(False)
         self.config = lm.config
-        self.knowledge = PrefixEncoder(lm.config, n_prefix, mlp_hidden, dropout)
-        self.reasoning = ReasoningPrompt(lm.config, attn_dim, mlp_hidden, dropout)
-        self.use_knowledge, self.use_reasoning = use_knowledge, use_reasoning
+        self.knowledge = PrefixEncoder(lm.config, cfg.n_prefix, cfg.mlp_hidden, cfg.dropout)
+        self.reasoning = ReasoningPrompt(lm.config, cfg.attn_dim, cfg.mlp_hidden, cfg.dropout)
+        self.use_reasoning = use_reasoning
         self.register_buffer("item_reps", torch.zeros(0), persistent=False)
 
     # --- LM under a prefix ------------------------------------------------------------------
@@ -205,7 +224,7 @@ class LANCER(nn.Module):
                                  cache=cache, use_cache=True)
         return out.last_hidden_state, out.cache
 
-    def lm_loss(self, batch: dict, prefix: torch.Tensor, prefix_mask: torch.Tensor) -> torch.Tensor:
+    def prefix_lm_loss(self, batch: dict, prefix: torch.Tensor, prefix_mask: torch.Tensor) -> torch.Tensor:
         """Mean next-token NLL over completion tokens (labels != -100): padding never counts."""
         hidden, _ = self._run(batch["input_ids"], batch["attention_mask"], prefix, prefix_mask)
         labels = batch["labels"][:, 1:]
@@ -239,7 +258,7 @@ class LANCER(nn.Module):
 
     # --- item representations h_i (eq. 3) ----------------------------------------------------
     @torch.no_grad()
-    def encode_items(self, texts: list[str], batch_size: int = 32, with_prefix: bool = True,
+    def embed_titles(self, texts: list[str], with_prefix: bool = True,
                      progress: bool = False) -> torch.Tensor:
         """h_i: last-layer hidden state at the last real token of each item text [n, d].
 
@@ -249,18 +268,18 @@ class LANCER(nn.Module):
         was = self.training
         self.eval()
         dev = self.knowledge.embedding.weight.device
-        out = []
+        out, batch_size = [], self.cfg.embed_batch
         for s in track(range(0, len(texts), batch_size), "h_i (item representations)",
                        unit="batch", disable=not progress):
             enc = self.tokenizer(texts[s:s + batch_size], return_tensors="pt", padding=True,
                                  add_special_tokens=False).to(dev)
             if self.tokenizer.padding_side != "left":
-                raise ValueError("encode_items needs a left-padding tokenizer")
+                raise ValueError("embed_titles needs a left-padding tokenizer")
             if with_prefix:
                 prefix, pmask = self.knowledge_prefix(enc["input_ids"].shape[0])
             else:
-                prefix = torch.zeros(enc["input_ids"].shape[0], 0, self.knowledge.mlp[-1].out_features,
-                                     device=dev)
+                prefix = torch.zeros(enc["input_ids"].shape[0], 0,
+                                     self.knowledge.mlp[-1].out_features, device=dev)
                 pmask = torch.zeros(prefix.shape[:2], dtype=torch.long, device=dev)
             hidden, _ = self._run(enc["input_ids"], enc["attention_mask"], prefix, pmask)
             out.append(hidden[:, -1].float())
@@ -271,11 +290,12 @@ class LANCER(nn.Module):
     def reasoning_loss(self, batch: dict) -> torch.Tensor:
         """LM loss of the next title given the history prompt and the user's prefix."""
         prefix, pmask, _ = self.user_prefix(batch["history_reps"], batch["history_mask"])
-        return self.lm_loss(batch, prefix, pmask)
+        return self.prefix_lm_loss(batch, prefix, pmask)
 
     @torch.no_grad()
-    def beam_search(self, batch: dict, num_beams: int = 10, max_new_tokens: int = 16,
-                    length_penalty: float = 1.0) -> list[list[str]]:
+    def beam_search(self, batch: dict, num_beams: int | None = None,
+                    max_new_tokens: int | None = None, length_penalty: float | None = None,
+                    ) -> list[list[str]]:
         """Beam search (eq. 6-7) under each user's prefix; ``num_beams`` texts per user, best first.
 
         The prompt is pre-filled once per user and the cache copied to the beams. Finished
@@ -283,6 +303,9 @@ class LANCER(nn.Module):
         length ** ``length_penalty`` (Hugging Face's convention).
         """
         self.eval()
+        num_beams = num_beams or self.cfg.beams
+        max_new_tokens = max_new_tokens or self.cfg.max_new_tokens
+        length_penalty = self.cfg.length_penalty if length_penalty is None else length_penalty
         ids, mask = batch["input_ids"], batch["attention_mask"]
         b, w = ids.shape[0], num_beams
         eos = self.tokenizer.eos_token_id
@@ -324,6 +347,24 @@ class LANCER(nn.Module):
         order = final.argsort(dim=1, descending=True)
         texts = self.tokenizer.batch_decode(seqs, skip_special_tokens=True)
         return [[texts[u * w + int(j)].strip() for j in order[u]] for u in range(b)]
+
+    def generate(self, batch: dict) -> list[list[str]]:
+        """The first generated item of each beam (eq. 7), ``cfg.beams`` texts per user, best first."""
+        return [[first_item(t) for t in beams] for beams in self.beam_search(batch)]
+
+    @torch.no_grad()
+    def predict(self, batch: dict, item_emb: np.ndarray, k: int | None = None,
+                ) -> list[list[int]]:
+        """Ranked item ids per user (eq. 6-9): beams -> first items -> nearest catalogue items.
+
+        ``item_emb`` holds the max-pooled token embeddings of the catalogue titles
+        (:func:`pooled_token_embeddings`, row = item id); the list has ``k`` (default
+        ``cfg.top_k``) items, duplicates removed.
+        """
+        gens = self.generate(batch)
+        flat = [t for g in gens for t in g]
+        emb = pooled_token_embeddings(flat, self.tokenizer, self.lm.get_input_embeddings())
+        return map_generations(gens, emb, item_emb, k=k or self.cfg.top_k)
 
 
 # --- batches ----------------------------------------------------------------------------------
@@ -396,66 +437,3 @@ def map_generations(generations: Sequence[Sequence[str]], gen_emb: np.ndarray,
     if row != len(gen_emb):
         raise ValueError(f"{len(gen_emb)} embeddings for {row} generated texts")
     return out
-
-
-# --- training -----------------------------------------------------------------------------------
-
-def train_stage(model: nn.Module, batches, loss_fn, params: Sequence[nn.Parameter], epochs: int,
-                lr: float = 2e-4, valid_fn=None, device: torch.device | str = "cpu",
-                grad_clip: float = 1.0, desc: str = "train", progress: bool = True) -> dict:
-    """Adam with a linear decay (the paper's schedule) over ``params`` only.
-
-    ``batches(epoch)`` returns a list of batches (dicts of tensors); ``loss_fn(model, batch)``
-    a scalar. After each epoch ``valid_fn(model)`` (lower is better: a validation LM loss)
-    picks the best epoch; the trainable parameters of the best epoch are restored (epoch 0 =
-    before training counts too, so a stage that does not help is undone). Returns the
-    per-step losses, per-epoch validation values, the best epoch and the seconds spent.
-    """
-    import time
-
-    params = [p for p in params if p.requires_grad]
-    if not params:
-        raise ValueError("nothing to train: no parameter with requires_grad=True")
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    plan = [batches(e) for e in range(epochs)]
-    total = max(1, sum(len(b) for b in plan))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total))
-    log = {"loss": [], "valid": [], "best_epoch": 0, "seconds": 0.0}
-    start = time.perf_counter()
-
-    def snapshot():
-        return [p.detach().clone() for p in params]
-
-    best, best_state = float("inf"), None
-    if valid_fn is not None:
-        best = float(valid_fn(model))
-        log["valid"].append(best)
-        best_state = snapshot()
-    bar = Progress(desc, total=total, unit="step", disable=not progress)
-    for epoch, epoch_batches in enumerate(plan, start=1):
-        model.train()
-        for batch in epoch_batches:
-            batch = to_device(batch, device)
-            loss = loss_fn(model, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            opt.step()
-            sched.step()
-            log["loss"].append(loss.item())
-            bar.update(1)
-            bar.set_postfix(loss=f"{log['loss'][-1]:.3f}")
-        if valid_fn is not None:
-            model.eval()
-            v = float(valid_fn(model))
-            log["valid"].append(v)
-            if v < best:
-                best, best_state, log["best_epoch"] = v, snapshot(), epoch
-    bar.close()
-    if best_state is not None:
-        with torch.no_grad():
-            for p, s in zip(params, best_state):
-                p.copy_(s)
-    model.eval()
-    log["seconds"] = time.perf_counter() - start
-    return log
