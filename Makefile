@@ -54,7 +54,7 @@ test: setup
 	$(PY) -m pytest -q -ra
 
 lint: setup
-	$(VENV)/bin/ruff check recutils tests benchmarks
+	$(VENV)/bin/ruff check recutils tests benchmarks notebooks
 
 strip: setup
 	$(PY) -m recutils.course --strip
