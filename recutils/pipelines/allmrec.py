@@ -41,6 +41,7 @@ from recutils.models.allmrec import (
     wilson_interval,
 )
 from recutils.notebook import Recorder, claim
+from recutils.progress import track
 from recutils.reproducibility import seed_everything
 from recutils.training import Callback, History, TrainConfig, count_parameters, fit
 
@@ -286,7 +287,7 @@ class LLMRecommender:
     def generate(self, rows: Sequence[int]) -> list[str]:
         """Answers for the examples ``rows``, in batches of the model config's ``batch_size``."""
         bs, out = self.model.config.batch_size, []
-        for s in range(0, len(rows), bs):
+        for s in track(range(0, len(rows), bs), "generate answers", unit="batch"):
             idx = list(rows[s:s + bs])
             b = collate(self.model.tokenizer, [self.prompter.prompt(self.examples[i], self.soft)
                                                for i in idx])

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from recutils.batching import to_device
 from recutils.data.sequences import SequenceData
 from recutils.evaluation import EvalResult, Evaluator
 from recutils.lm import completion_batch, encode_texts
@@ -33,6 +34,7 @@ from recutils.models.lancer import (
 from recutils.models.sasrec import SASRec, SASRecConfig
 from recutils.notebook import Recorder, claim
 from recutils.plots import metric_bars
+from recutils.progress import track
 from recutils.reproducibility import seed_everything
 from recutils.training import (
     History,
@@ -350,10 +352,10 @@ class LANCERRun:
         """Beam search for every sampled test user under variant ``name`` (its trained state)."""
         reps = self.set_variant(name)
         out, t0, n = [], time.perf_counter(), self.setup.eval_batch
-        for s in range(0, len(self.eval_users), n):
+        for s in track(range(0, len(self.eval_users), n), f"beam search: {name}", unit="batch"):
             users = self.eval_users[s:s + n]
             b = self.batch([self.test_in[u] for u in users], reps=reps)
-            out += self.model.generate({k: v.to(self.device) for k, v in b.items()})
+            out += self.model.generate(to_device(b, self.device))
         self.gen_seconds[name] = time.perf_counter() - t0
         self.generations[name] = out
         return out
