@@ -50,3 +50,16 @@ def tiny_llama(initializer_range: float = 0.02, max_positions: int = 256):
                          num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=max_positions, initializer_range=initializer_range)
     return LlamaForCausalLM(config).eval()
+
+
+class CharTokenizer:
+    """A tiny tokenizer (one id per character, "#" = end of sequence = 1, pad 0) with the parts
+    of the Hugging Face API that A-LLMRec's code uses."""
+
+    eos_token, eos_token_id, pad_token_id = "#", 1, 0
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [1 if c == "#" else 2 + (ord(c) % 60) for c in text]}
+
+    def batch_decode(self, seqs, skip_special_tokens=True):
+        return ["".join(chr(32 + (int(t) - 2 + 32) % 60) for t in s if int(t) > 1) for s in seqs]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_llama  # the 2-layer Llama every LM test uses
+from conftest import CharTokenizer, tiny_llama  # tiny test tokenizer and 2-layer Llama
 
 from recutils.models.allmrec import (
     ALLMRec,
@@ -19,18 +19,6 @@ from recutils.models.allmrec import (
     matching_loss,
     recommendation_prompt,
 )
-
-
-class WordTokenizer:
-    """A tiny tokenizer (one id per character) with the parts of the HF API A-LLMRec uses."""
-
-    eos_token, eos_token_id, pad_token_id = "#", 1, 0
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [1 if c == "#" else 2 + (ord(c) % 60) for c in text]}
-
-    def batch_decode(self, seqs, skip_special_tokens=True):
-        return ["".join(chr(32 + (int(t) - 2 + 32) % 60) for t in s if int(t) > 1) for s in seqs]
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +85,7 @@ def test_prompt_has_one_soft_token_per_title_and_the_user_first():
 
 
 def test_encode_segments_positions():
-    tok = WordTokenizer()
+    tok = CharTokenizer()
     ids, slots = encode_segments(tok, [SoftToken("user"), "ab", SoftToken("item", 9), "c"])
     assert len(ids) == 5
     assert slots == [(0, SoftToken("user")), (3, SoftToken("item", 9))]
@@ -105,7 +93,7 @@ def test_encode_segments_positions():
 
 
 def test_collate_left_pads_and_labels_only_the_answer():
-    tok = WordTokenizer()
+    tok = CharTokenizer()
     p1 = [SoftToken("user"), "xy", SoftToken("item", 2), "z"]
     p2 = ["longer prompt", SoftToken("item", 1)]
     b = collate(tok, [p1, p2], [answer("Q"), answer("RS")])
@@ -124,7 +112,7 @@ def test_collate_left_pads_and_labels_only_the_answer():
 
 
 def test_soft_tokens_land_at_their_positions(tiny_lm):
-    tok = WordTokenizer()
+    tok = CharTokenizer()
     torch.manual_seed(0)
     table = torch.randn(10, 6)
     model = ALLMRec(tiny_lm, tok, table, user_dim=5, config=ALLMRecConfig(proj_hidden=16))
@@ -144,7 +132,7 @@ def test_soft_tokens_land_at_their_positions(tiny_lm):
 
 
 def test_only_the_projectors_get_gradients(tiny_lm):
-    tok = WordTokenizer()
+    tok = CharTokenizer()
     model = ALLMRec(tiny_lm, tok, torch.randn(10, 6), user_dim=5, config=ALLMRecConfig(proj_hidden=16))
     prompts = [recommendation_prompt(["a", "b"], ["c", "d"], [1, 2], [3, 4]) for _ in range(2)]
     b = collate(tok, prompts, [answer("c"), answer("d")])
@@ -160,7 +148,7 @@ def test_only_the_projectors_get_gradients(tiny_lm):
 
 
 def test_loss_covers_only_answer_tokens(tiny_lm):
-    tok = WordTokenizer()
+    tok = CharTokenizer()
     model = ALLMRec(tiny_lm, tok, torch.randn(10, 6), user_dim=5, config=ALLMRecConfig(proj_hidden=16))
     b = collate(tok, [recommendation_prompt(["a"], ["c", "d"], [1], [3, 4])], [answer("c")])
     b["user_vecs"] = torch.randn(1, 5)
@@ -173,7 +161,7 @@ def test_loss_covers_only_answer_tokens(tiny_lm):
 
 
 def test_projectors_overfit_one_answer(tiny_lm):
-    tok = WordTokenizer()
+    tok = CharTokenizer()
     torch.manual_seed(0)
     model = ALLMRec(tiny_lm, tok, torch.randn(10, 6), user_dim=5, config=ALLMRecConfig(proj_hidden=32))
     b = collate(tok, [recommendation_prompt(["a"], ["xq", "yz"], [1], [3, 4])], [answer("yz")])
@@ -189,7 +177,7 @@ def test_projectors_overfit_one_answer(tiny_lm):
 
 
 def test_generate_returns_one_text_per_prompt(tiny_lm):
-    tok = WordTokenizer()
+    tok = CharTokenizer()
     model = ALLMRec(tiny_lm, tok, torch.randn(10, 6), user_dim=5, config=ALLMRecConfig(proj_hidden=16))
     prompts = [recommendation_prompt(["a"], ["c", "d"], [1], [3, 4]),
                recommendation_prompt(["ab", "c"], ["d", "e"], [1, 2], [3, 4])]

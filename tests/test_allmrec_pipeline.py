@@ -4,7 +4,7 @@ evaluator-facing ``predict`` of the LLM methods, and the Hit@1 analyses on tiny 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_llama
+from conftest import CharTokenizer, tiny_llama
 
 from recutils.evaluation import EvalResult, Evaluator
 from recutils.models.allmrec import ALLMRec, ALLMRecConfig, Stage1Config
@@ -24,18 +24,6 @@ from recutils.pipelines.allmrec import (
     usable_users,
 )
 from recutils.training import TrainConfig
-
-
-class CharTokenizer:
-    """One id per character (ids 2..61), pad 0, end of sequence 1."""
-
-    eos_token, eos_token_id, pad_token_id = "#", 1, 0
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [2 + (ord(c) % 60) for c in text]}
-
-    def batch_decode(self, seqs, skip_special_tokens=True):
-        return ["".join(chr(32 + (int(t) - 2 + 32) % 60) for t in s if int(t) > 1) for s in seqs]
 
 
 class BagEncoder:
