@@ -53,7 +53,10 @@ def test_make_reproducible_fixes_threads_and_kernels():
     before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
         settings = make_reproducible(5, threads=1)
-        assert settings == {"seed": 5, "threads": 1, "deterministic_algorithms": True}
+        assert settings == {"seed": 5, "threads": 1, "deterministic_algorithms": True,
+                            "numpy_blas_threads": 1}
+        from threadpoolctl import threadpool_info
+        assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
         assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()
         first = torch.rand(3)
         make_reproducible(5, threads=1)
