@@ -12,11 +12,11 @@ from recutils.models.allmrec import (
     Stage1Aligner,
     Stage1Config,
     answer,
-    collate,
     cut_answer,
     encode_segments,
     map_to_candidates,
     matching_loss,
+    prompt_batch,
     recommendation_prompt,
 )
 
@@ -92,11 +92,11 @@ def test_encode_segments_positions():
     assert ids[1:3] == tok("ab")["input_ids"] and ids[4:] == tok("c")["input_ids"]
 
 
-def test_collate_left_pads_and_labels_only_the_answer():
+def test_prompt_batch_left_pads_and_labels_only_the_answer():
     tok = CharTokenizer()
     p1 = [SoftToken("user"), "xy", SoftToken("item", 2), "z"]
     p2 = ["longer prompt", SoftToken("item", 1)]
-    b = collate(tok, [p1, p2], [answer("Q"), answer("RS")])
+    b = prompt_batch(tok, [p1, p2], [answer("Q"), answer("RS")])
     width = b["input_ids"].shape[1]
     # row 1: 13 + 1 prompt tokens + 3 answer tokens + eos = 18, no padding
     assert width == 18 and b["attention_mask"][1].all()
@@ -116,7 +116,7 @@ def test_soft_tokens_land_at_their_positions(tiny_lm):
     torch.manual_seed(0)
     table = torch.randn(10, 6)
     model = ALLMRec(tiny_lm, tok, table, user_dim=5, config=ALLMRecConfig(proj_hidden=16))
-    b = collate(tok, [[SoftToken("user"), "ab", SoftToken("item", 3)], ["abcd", SoftToken("item", 7)]])
+    b = prompt_batch(tok, [[SoftToken("user"), "ab", SoftToken("item", 3)], ["abcd", SoftToken("item", 7)]])
     users = torch.randn(2, 5)
     emb = model.inputs_embeds(b, users)
     words = tiny_lm.get_input_embeddings()(b["input_ids"])
@@ -135,7 +135,7 @@ def test_only_the_projectors_get_gradients(tiny_lm):
     tok = CharTokenizer()
     model = ALLMRec(tiny_lm, tok, torch.randn(10, 6), user_dim=5, config=ALLMRecConfig(proj_hidden=16))
     prompts = [recommendation_prompt(["a", "b"], ["c", "d"], [1, 2], [3, 4]) for _ in range(2)]
-    b = collate(tok, prompts, [answer("c"), answer("d")])
+    b = prompt_batch(tok, prompts, [answer("c"), answer("d")])
     b["user_vecs"] = torch.randn(2, 5)
     model.loss(b).backward()
     assert all(p.grad is None for p in tiny_lm.parameters())
@@ -150,7 +150,7 @@ def test_only_the_projectors_get_gradients(tiny_lm):
 def test_loss_covers_only_answer_tokens(tiny_lm):
     tok = CharTokenizer()
     model = ALLMRec(tiny_lm, tok, torch.randn(10, 6), user_dim=5, config=ALLMRecConfig(proj_hidden=16))
-    b = collate(tok, [recommendation_prompt(["a"], ["c", "d"], [1], [3, 4])], [answer("c")])
+    b = prompt_batch(tok, [recommendation_prompt(["a"], ["c", "d"], [1], [3, 4])], [answer("c")])
     b["user_vecs"] = torch.randn(1, 5)
     with torch.no_grad():
         logits = tiny_lm(inputs_embeds=model.inputs_embeds(b, b["user_vecs"])).logits
@@ -164,7 +164,7 @@ def test_projectors_overfit_one_answer(tiny_lm):
     tok = CharTokenizer()
     torch.manual_seed(0)
     model = ALLMRec(tiny_lm, tok, torch.randn(10, 6), user_dim=5, config=ALLMRecConfig(proj_hidden=32))
-    b = collate(tok, [recommendation_prompt(["a"], ["xq", "yz"], [1], [3, 4])], [answer("yz")])
+    b = prompt_batch(tok, [recommendation_prompt(["a"], ["xq", "yz"], [1], [3, 4])], [answer("yz")])
     b["user_vecs"] = torch.randn(1, 5)
     opt = torch.optim.Adam(model.projector.parameters(), lr=1e-2)
     first = model.loss(b).item()
@@ -181,7 +181,7 @@ def test_generate_returns_one_text_per_prompt(tiny_lm):
     model = ALLMRec(tiny_lm, tok, torch.randn(10, 6), user_dim=5, config=ALLMRecConfig(proj_hidden=16))
     prompts = [recommendation_prompt(["a"], ["c", "d"], [1], [3, 4]),
                recommendation_prompt(["ab", "c"], ["d", "e"], [1, 2], [3, 4])]
-    b = collate(tok, prompts)
+    b = prompt_batch(tok, prompts)
     b["user_vecs"] = torch.randn(2, 5)
     out = model.generate(b, max_new_tokens=4)
     assert len(out) == 2 and all(isinstance(t, str) for t in out)

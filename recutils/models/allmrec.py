@@ -13,7 +13,7 @@ Both pretrained parts stay frozen; only small alignment networks are trained.
 * **Stage 2** (eq. 7-8), :class:`ALLMRec`: two 2-layer MLPs project the SASRec user vector
   and the joint item embeddings to the LM's token width. The projected vectors are *soft
   tokens*: they are written into the prompt's input embeddings at reserved positions
-  (:func:`recommendation_prompt` marks them, :func:`collate` finds their positions). The
+  (:func:`recommendation_prompt` marks them, :func:`prompt_batch` finds their positions). The
   LM reads "[user] is a user representation. This user has watched "t1"[item], ... Recommend
   one next movie ... from the following movie title set, "c1"[item], ... The recommendation
   is "" and is trained, with its weights frozen, to write the next title (loss on the answer
@@ -231,7 +231,7 @@ def encode_segments(tokenizer, segments: Sequence[Segment]) -> tuple[list[int], 
     return ids, slots
 
 
-def collate(tokenizer, prompts: Sequence[Sequence[Segment]], answers: Sequence[str] | None = None,
+def prompt_batch(tokenizer, prompts: Sequence[Sequence[Segment]], answers: Sequence[str] | None = None,
             eos: bool = True) -> dict:
     """Left-padded batch of prompts (+ answers): ``input_ids``, ``attention_mask``, ``labels``,
     and ``slots``, a list of (row, position, SoftToken) for every soft token.
@@ -332,7 +332,7 @@ class ALLMRec(nn.Module):
         return emb
 
     def loss(self, batch: dict) -> torch.Tensor:
-        """Next-title NLL on the answer tokens (eq. 8); ``batch`` from :func:`collate` + ``user_vecs``."""
+        """Next-title NLL on the answer tokens (eq. 8); ``batch`` from :func:`prompt_batch` + ``user_vecs``."""
         emb = self.inputs_embeds(batch, batch.get("user_vecs"))
         out = self.lm(inputs_embeds=emb, attention_mask=batch["attention_mask"],
                       labels=batch["labels"])

@@ -35,8 +35,8 @@ from recutils.models.allmrec import (
     Stage1Aligner,
     Stage1Config,
     answer,
-    collate,
     map_to_candidates,
+    prompt_batch,
     recommendation_prompt,
     wilson_interval,
 )
@@ -232,7 +232,7 @@ def stage2_batches(tokenizer, prompter: Prompter, examples: Sequence[dict], user
                    batch_size: int, seed: int):
     """``batches(epoch)`` of prompts + answers; epoch ``e`` shuffled by ``default_rng(seed + 10 + e)``."""
     def make(rows: list[int]) -> dict:
-        b = collate(tokenizer, [prompter.prompt(examples[i]) for i in rows],
+        b = prompt_batch(tokenizer, [prompter.prompt(examples[i]) for i in rows],
                     [prompter.answer(examples[i]) for i in rows])
         b["user_vecs"] = user_vecs[rows]
         return b
@@ -289,7 +289,7 @@ class LLMRecommender:
         bs, out = self.model.config.batch_size, []
         for s in track(range(0, len(rows), bs), "generate answers", unit="batch"):
             idx = list(rows[s:s + bs])
-            b = collate(self.model.tokenizer, [self.prompter.prompt(self.examples[i], self.soft)
+            b = prompt_batch(self.model.tokenizer, [self.prompter.prompt(self.examples[i], self.soft)
                                                for i in idx])
             b["user_vecs"] = self.user_vecs[idx]
             out += self.model.generate(to_device(b, self.device))

@@ -129,7 +129,7 @@ def mean_cosine(x: torch.Tensor) -> float:
 
 def _valid_loss(model: LANCER, batches: list[dict], prefix_of, device) -> float:
     with torch.no_grad():
-        return float(np.mean([prefix_of(model, {k: v.to(device) for k, v in b.items()}).item()
+        return float(np.mean([prefix_of(model, to_device(b, device)).item()
                               for b in batches]))
 
 
