@@ -104,6 +104,20 @@ def seeded_batches(examples: Sequence, batch_size: int, seed: int,
     return batches
 
 
+def seeded_subset(pool: int | np.ndarray, n: int, seed: int, sort: bool = True) -> np.ndarray:
+    """``n`` distinct entries of ``pool`` (an array, or ``range(pool)`` for an int) drawn by
+    ``numpy.random.default_rng(seed)``, sorted unless ``sort`` is False (then in draw order).
+
+    The one way the course draws a seeded sample of users, items or examples; the draw
+    depends on the seed and the pool alone, whatever ran before.
+    """
+    size = pool if isinstance(pool, (int, np.integer)) else len(pool)
+    if not 0 <= n <= size:
+        raise ValueError(f"cannot draw {n} distinct entries from a pool of {size}")
+    out = np.random.default_rng(seed).choice(pool, size=n, replace=False)
+    return np.sort(out) if sort else out
+
+
 def batch_indices_of(order: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
     """Consecutive slices of ``batch_size`` from an index order."""
     for start in range(0, len(order), batch_size):

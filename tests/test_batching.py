@@ -9,6 +9,7 @@ from recutils.batching import (
     pad_rows,
     pad_sequences,
     seeded_batches,
+    seeded_subset,
     to_device,
 )
 
@@ -56,3 +57,18 @@ def test_seeded_batches_depend_on_seed_and_epoch_only():
     b = seeded_batches(list("abcdefg"), 3, seed=1, make=make)
     assert a(2) == b(2) and a(0) != a(1)
     assert sorted(sum(a(0), [])) == list("abcdefg")
+
+
+def test_seeded_subset_is_distinct_sorted_and_fixed_by_the_seed():
+    pool = np.array([10, 20, 30, 40, 50, 60])
+    a = seeded_subset(pool, 3, seed=4)
+    assert len(set(a.tolist())) == 3 and set(a.tolist()) <= set(pool.tolist())
+    assert a.tolist() == sorted(a.tolist())
+    np.random.default_rng(99).random(5)  # other draws do not change it
+    assert seeded_subset(pool, 3, seed=4).tolist() == a.tolist()
+    # an int pool is range(pool); the same draw as indexing the array pool
+    idx = seeded_subset(len(pool), 3, seed=4, sort=False)
+    assert sorted(pool[idx].tolist()) == a.tolist()
+    assert seeded_subset(6, 6, seed=0).tolist() == list(range(6))
+    with pytest.raises(ValueError, match="cannot draw 7"):
+        seeded_subset(6, 7, seed=0)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
+from recutils.batching import seeded_subset
 from recutils.data.registry import RawDataset
 
 STAGES = ("valid", "test")
@@ -120,7 +121,7 @@ class SequenceData:
         """A copy with ``n`` users drawn at random (fixed ``seed``); items are kept as they are."""
         if n >= self.n_users:
             return self
-        idx = np.sort(np.random.default_rng(seed).choice(self.n_users, size=n, replace=False))
+        idx = seeded_subset(self.n_users, n, seed)
         return replace(self, sequences=[self.sequences[i] for i in idx],
                        timestamps=[self.timestamps[i] for i in idx], user_ids=self.user_ids[idx])
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recutils.batching import to_device
+from recutils.batching import seeded_subset, to_device
 from recutils.mapping import TitleIndex, nearest_items, rank_from_generations
 from recutils.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recutils.models.embedding import pca_init
@@ -188,8 +188,7 @@ def prompt_examples(sequences: Sequence[np.ndarray], titles: Sequence[str], max_
     """
     pairs = [(u, t) for u, s in enumerate(sequences) for t in range(min_history, len(s))]
     if n is not None and n < len(pairs):
-        pick = np.random.default_rng(seed).choice(len(pairs), size=n, replace=False)
-        pairs = [pairs[i] for i in np.sort(pick)]
+        pairs = [pairs[i] for i in seeded_subset(len(pairs), n, seed)]
     return [(seq_prompt([titles[i] for i in sequences[u][:t]], max_items), int(sequences[u][t]))
             for u, t in pairs]
 

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from recutils.batching import seeded_subset
 from recutils.data import item_attributes
 from recutils.data.sequences import SequenceData
 from recutils.evaluation import EvalResult, Evaluator
@@ -67,8 +68,7 @@ def subsample(examples: list, n: int | None, seed: int) -> list:
     (all of them when ``n`` is None or not smaller)."""
     if n is None or n >= len(examples):
         return examples
-    idx = np.random.default_rng(seed).choice(len(examples), size=n, replace=False)
-    return [examples[i] for i in np.sort(idx)]
+    return [examples[i] for i in seeded_subset(len(examples), n, seed)]
 
 
 @dataclass

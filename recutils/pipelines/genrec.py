@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recutils.batching import batch_indices_of, to_device
+from recutils.batching import batch_indices_of, seeded_subset, to_device
 from recutils.data.sequences import SequenceData
 from recutils.evaluation import EvalResult, Evaluator
 from recutils.models.genrec import (
@@ -61,7 +61,7 @@ def ablation_variants(pretrain: TrainConfig, finetune: TrainConfig) -> list[Vari
 def sample_users(n_users: int, n: int | None, seed: int) -> np.ndarray:
     """A sorted seeded sample of ``n`` user indices (all users when ``n`` is None)."""
     n = n_users if n is None else min(n, n_users)
-    return np.sort(np.random.default_rng(seed).choice(n_users, size=n, replace=False))
+    return seeded_subset(n_users, n, seed)
 
 
 def shared_rng_batches(make: Callable[[np.ndarray, np.random.Generator], dict],

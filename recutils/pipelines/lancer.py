@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recutils.batching import to_device
+from recutils.batching import seeded_subset, to_device
 from recutils.data.sequences import SequenceData
 from recutils.evaluation import EvalResult, Evaluator
 from recutils.lm import completion_batch, encode_texts
@@ -200,8 +200,8 @@ class LANCERRun:
         """(training items, held-out validation items) for the knowledge prompt."""
         train_items = np.unique(np.concatenate(self.train_seqs))
         n = self.setup.knowledge_items
-        k_items = train_items if n is None else np.sort(np.random.default_rng(self.seed).choice(
-            train_items, min(n, len(train_items)), replace=False))
+        k_items = train_items if n is None else seeded_subset(
+            train_items, min(n, len(train_items)), self.seed)
         rest = np.setdiff1d(train_items, k_items) if len(k_items) < len(train_items) else k_items
         return k_items, rest[:self.setup.valid_items]
 
