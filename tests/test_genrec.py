@@ -8,11 +8,11 @@ from recutils.batching import IGNORE_INDEX as IGNORE
 from recutils.models.genrec import (
     DigitPieceTokenizer,
     GenRecConfig,
-    ItemTrie,
     build_genrec,
     encode_inputs,
     encode_targets,
     item_attention,
+    item_trie,
     next_item_batch,
     pretrain_batch,
     sample_next_item,
@@ -141,7 +141,7 @@ def test_sample_next_item_never_uses_the_first_item_as_target():
 
 def test_trie_walks_only_to_real_items():
     items = [1, 7, 10, 12, 105, 1005, 1200]
-    trie = ItemTrie(TOK, items)
+    trie = item_trie(TOK, items)
     rng = np.random.default_rng(0)
     found = set()
     for _ in range(200):  # random walks through the allowed tokens always end at a real item
@@ -251,5 +251,5 @@ def test_pretrained_tokenizer_wrapper_keeps_words_aligned():
     ids = b["item_ids"][0].tolist()
     assert ids.count(12) == len(" item_12") and ids.count(345) == len(" item_345")
     assert b["user_ids"][0].tolist().count(7) == len("user_6")
-    trie = ItemTrie(tok, [12, 345])
+    trie = item_trie(tok, [12, 345])
     assert trie.item(tok.word_tokens("item_345", first=True) + [tok.eos_token_id]) == 345

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recutils.batching import IGNORE_INDEX, collate, pad_rows
+from recutils.decoding import TokenTrie
 
 
 @dataclass(frozen=True)
@@ -247,41 +248,15 @@ def sample_next_item(sequences: Sequence[np.ndarray], rng: np.random.Generator,
 
 # --- constrained decoding ---------------------------------------------------------------------
 
-class ItemTrie:
-    """Prefix tree of the token sequences ``item_i </s>`` of every catalogue item.
+def item_trie(tokenizer, items: Sequence[int]) -> TokenTrie:
+    """A :class:`recutils.decoding.TokenTrie` over the paths ``item_i </s>`` of ``items``.
 
-    ``allowed(prefix)`` gives the tokens that keep ``prefix`` on the way to a real item;
-    after a complete item only padding is allowed. ``item(tokens)`` maps a complete path
+    After a complete item only padding is allowed; ``item(tokens)`` maps a finished beam
     back to its item id (None for anything else).
     """
-
-    def __init__(self, tokenizer, items: Sequence[int]) -> None:
-        self.root: dict = {}
-        self.pad = tokenizer.pad_token_id
-        self.ends: dict[tuple[int, ...], int] = {}
-        for i in items:
-            path = tuple(tokenizer.word_tokens(item_word(i), first=True) + [tokenizer.eos_token_id])
-            node = self.root
-            for t in path:
-                node = node.setdefault(t, {})
-            self.ends[path] = int(i)
-
-    def allowed(self, prefix: Sequence[int]) -> list[int]:
-        node = self.root
-        for t in prefix:
-            t = int(t)
-            if t not in node:
-                return [self.pad]  # finished (or padding after the end): nothing else may follow
-            node = node[t]
-        return list(node) or [self.pad]
-
-    def item(self, tokens: Sequence[int]) -> int | None:
-        path = []
-        for t in tokens:
-            path.append(int(t))
-            if tuple(path) in self.ends:
-                return self.ends[tuple(path)]
-        return None
+    paths = {int(i): tokenizer.word_tokens(item_word(i), first=True) + [tokenizer.eos_token_id]
+             for i in items}
+    return TokenTrie(paths, done_token=tokenizer.pad_token_id)
 
 
 # --- the model --------------------------------------------------------------------------------
@@ -323,7 +298,7 @@ class GenRec(nn.Module):
             nn.init.normal_(emb.weight, 0.0, bart.config.init_std)
             with torch.no_grad():
                 emb.weight[0].zero_()
-        self.trie = ItemTrie(tokenizer, range(1, n_items + 1))
+        self.trie = item_trie(tokenizer, range(1, n_items + 1))
 
     @property
     def device(self) -> torch.device:
@@ -363,11 +338,8 @@ class GenRec(nn.Module):
         beams = beams or self.config.beams
         k = k or beams
         trie = self.trie
-
-        def allowed(_, prefix: torch.Tensor) -> list[int]:
-            return trie.allowed(prefix[1:].tolist())  # drop the decoder start token
-
-        longest = max(len(p) for p in trie.ends)
+        allowed = trie.hf_prefix_fn(prompt_length=1)  # after the decoder start token
+        longest = trie.longest
         was_training = self.training
         self.eval()
         out = self.bart.generate(
