@@ -77,6 +77,22 @@ def test_untrained_model_is_the_backbone_and_extra_embeddings_matter_after_train
         assert not torch.allclose(model.encode(b), ref[:, 0], atol=1e-4)
 
 
+@torch.no_grad()
+def cls_row_by_hand(model, b, query, key):
+    """Layer 0's [CLS] attention [B, heads, T]: embeddings -> q, k -> masked softmax."""
+    bb = model.backbone
+    x = (bb.embeddings.word_embeddings(b["input_ids"]) + model.roles(b["roles"])
+         + model.item_positions(b["item_positions"]))
+    h = bb.embeddings(inputs_embeds=x)
+    heads = bb.config.num_attention_heads
+    d = bb.config.hidden_size // heads
+    q = query(h)[:, 0].view(len(h), heads, d)                      # [B, heads, d]
+    k = key(h).view(len(h), -1, heads, d).transpose(1, 2)        # [B, heads, T, d]
+    logits = (k @ q[..., None]).squeeze(-1) / math.sqrt(d)
+    logits = logits.masked_fill(~b["attention_mask"].bool()[:, None], float("-inf"))
+    return logits.softmax(-1)
+
+
 def test_cls_attention_matches_a_hand_computation():
     bert = tiny_bert(layers=2, heads=2, hidden=8)
     bert.set_attn_implementation("sdpa")
@@ -93,18 +109,8 @@ def test_cls_attention_matches_a_hand_computation():
     assert torch.allclose(att.sum(-1), torch.ones(2, 2, 2), atol=1e-5)
     assert (att[1][:, :, ~real[1]] == 0).all(), "padding gets no attention"
     # layer 0 by hand: embeddings -> q, k -> masked softmax of the [CLS] row
-    with torch.no_grad():
-        x = (bert.embeddings.word_embeddings(b["input_ids"]) + model.roles(b["roles"])
-             + model.item_positions(b["item_positions"]))
-        h = bert.embeddings(inputs_embeds=x)
-        sa = bert.encoder.layer[0].attention.self
-        q, k = sa.query(h), sa.key(h)
-        d = 8 // 2
-        for head in range(2):
-            qh, kh = q[..., head * d:(head + 1) * d], k[..., head * d:(head + 1) * d]
-            logits = (qh[:, 0:1] @ kh.transpose(1, 2)).squeeze(1) / math.sqrt(d)
-            logits = logits.masked_fill(~real, float("-inf"))
-            assert torch.allclose(att[:, 0, head], logits.softmax(-1), atol=1e-5)
+    sa = bert.encoder.layer[0].attention.self
+    assert torch.allclose(att[:, 0], cls_row_by_hand(model, b, sa.query, sa.key), atol=1e-5)
 
 
 def test_attention_per_item_sums_each_items_tokens():
@@ -299,18 +305,9 @@ def test_longformer_cls_attention_is_unbanded_to_every_token():
     assert (att[1][:, :, ~real[1]] == 0).all(), "padding gets no attention"
     assert (att[0, :, :, 4:][:, :, real[0, 4:]] > 0).all(), "tokens beyond the window are seen"
     # layer 0 by hand: [CLS] uses the global projections over every real token
-    with torch.no_grad():
-        x = (lf.embeddings.word_embeddings(b["input_ids"]) + model.roles(b["roles"])
-             + model.item_positions(b["item_positions"]))
-        h = lf.embeddings(inputs_embeds=x)
-        sa = lf.encoder.layer[0].attention.self
-        q, k = sa.query_global(h), sa.key_global(h)
-        d = 16 // 2
-        for head in range(2):
-            qh, kh = q[..., head * d:(head + 1) * d], k[..., head * d:(head + 1) * d]
-            logits = (qh[:, 0:1] @ kh.transpose(1, 2)).squeeze(1) / math.sqrt(d)
-            logits = logits.masked_fill(~real, float("-inf"))
-            assert torch.allclose(att[:, 0, head], logits.softmax(-1), atol=1e-5)
+    sa = lf.encoder.layer[0].attention.self
+    assert torch.allclose(att[:, 0], cls_row_by_hand(model, b, sa.query_global, sa.key_global),
+                          atol=1e-5)
     # the figure helpers take it as they take BERT's
     maps, starts = ra.instance_maps(model, items, np.array([1, 2, 3]), CLS_ID, PAD_ID, 3)
     assert maps.shape[:2] == (2, 2) and starts == sorted(starts) and len(starts) == 3
