@@ -1,7 +1,8 @@
 """Device choice, and one small training loop for every model of the course (seeding: reproducibility.py).
 
 ``fit`` trains any module with a ``loss(batch)`` method (or a given loss function):
-AdamW, progress (recutils.progress: bar, one line per stage, or off), optional gradient clipping, mixed precision on CUDA only, early
+AdamW with an optional linear warm-up and linear decay, progress (recutils.progress: bar,
+one line per stage, or off), optional gradient clipping, mixed precision on CUDA only, early
 stopping on a validation score with patience, best weights restored at the end. It never
 sees the test split: selection is on whatever ``valid_fn`` returns (the course passes
 validation NDCG@10).
@@ -70,17 +71,20 @@ class TrainConfig:
     patience: int = 5               # epochs without a better validation score before stopping
     select: str = "max"             # "max": higher validation is better (NDCG); "min": lower (a loss)
     schedule: str = "constant"      # "constant" LR, or "linear": decays to 0 over all steps of the run
+    warmup: float = 0.0             # share of all steps whose LR rises linearly from lr/w_steps to lr
     grad_clip: float | None = None  # maximum global gradient norm; None: no clipping
     eval_before: bool = False       # validate the untrained model too; if it stays best, it is kept
     log_steps: bool = False         # keep every step's loss in History.steps
     amp: bool = True                # bf16 autocast, on CUDA only
-    progress: bool = True           # a progress bar over epochs (steps with schedule="linear")
+    progress: bool = True           # a progress bar over epochs (steps with a schedule or warm-up)
 
     def __post_init__(self) -> None:
         if self.select not in ("max", "min"):
             raise ValueError(f"select must be 'max' or 'min', got {self.select!r}")
         if self.schedule not in ("constant", "linear"):
             raise ValueError(f"schedule must be 'constant' or 'linear', got {self.schedule!r}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"warmup is a share of the steps in [0, 1), got {self.warmup!r}")
         if self.epochs < 0 or self.patience < 1 or self.batch_size < 1:
             raise ValueError(f"need epochs >= 0, patience >= 1, batch_size >= 1; got {self}")
 
@@ -98,6 +102,7 @@ class History:
     best_valid: float = float("nan")
     before: dict | None = None      # {"valid": ...} of the untrained model (eval_before)
     steps: list[float] = field(default_factory=list)  # per-step losses (log_steps)
+    lrs: list[float] = field(default_factory=list)    # per-step learning rates (log_steps)
     seconds: float = 0.0
     diverged: bool = False  # training stopped on a non-finite loss
 
@@ -126,6 +131,22 @@ class EpochHook(Callback):
 
 
 LossOutput = torch.Tensor | Mapping[str, torch.Tensor]
+
+
+def lr_factor(n_steps: int, warmup_steps: int, decay: bool) -> Callable[[int], float]:
+    """The multiplier of the peak LR at step ``s`` (0-based) of a run of ``n_steps`` steps.
+
+    Linear warm-up over the first ``warmup_steps`` (step ``s`` gets ``(s + 1) / warmup_steps``),
+    then constant, or with ``decay`` linear down to 0 at step ``n_steps``: 1 at the end of the
+    warm-up, ``(n_steps - s) / (n_steps - warmup_steps)`` after it.
+    """
+    def factor(s: int) -> float:
+        if s < warmup_steps:
+            return (s + 1) / warmup_steps
+        if not decay:
+            return 1.0
+        return max(0.0, (n_steps - s) / max(1, n_steps - warmup_steps))
+    return factor
 
 
 def _split_loss(out: LossOutput) -> tuple[torch.Tensor, dict[str, float]]:
@@ -173,11 +194,13 @@ def fit(
     start = time.perf_counter()
 
     # A schedule over all steps needs their number first: the epochs' batches are made now.
-    plan = [list(batches(e)) for e in range(cfg.epochs)] if cfg.schedule == "linear" else None
+    scheduled = cfg.schedule == "linear" or cfg.warmup > 0
+    plan = [list(batches(e)) for e in range(cfg.epochs)] if scheduled else None
     sched = None
     if plan is not None:
         n_steps = max(1, sum(len(p) for p in plan))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / n_steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lr_factor(n_steps, round(cfg.warmup * n_steps), cfg.schedule == "linear"))
 
     def snapshot() -> list[torch.Tensor]:
         return [p.detach().clone() for p in trainable]
@@ -212,6 +235,8 @@ def fit(
                               f"{i}; training stops here. Lower the learning rate or check "
                               "the inputs.", RuntimeWarning, stacklevel=2)
                 break
+            if cfg.log_steps:
+                history.lrs.append(opt.param_groups[0]["lr"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:

@@ -253,3 +253,44 @@ def test_pretrained_tokenizer_wrapper_keeps_words_aligned():
     assert b["user_ids"][0].tolist().count(7) == len("user_6")
     trie = item_trie(tok, [12, 345])
     assert trie.item(tok.word_tokens("item_345", first=True) + [tok.eos_token_id]) == 345
+
+
+def test_paper_path_loads_a_pretrained_bart_and_its_bpe_from_a_folder(tmp_path, tiny):
+    """SCALE="paper" names ``facebook/bart-base``: the same code path (AutoTokenizer, BPE words,
+    ``from_pretrained``) on a tiny random BART saved from a config, with a byte-level BPE
+    trained here on ID words (no network)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import BartConfig, BartForConditionalGeneration, BartTokenizerFast
+
+    from recutils.pipelines.genrec import GenRecPipeline, Variant
+    from recutils.training import TrainConfig
+
+    words = [f"user_{u}" for u in range(tiny.n_users + 1)] + [
+        f"item_{i}" for i in range(tiny.n_items + 1)]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([" ".join(words)] * 3, vocab_size=400, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    tok = BartTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", pad_token="<pad>",
+                            eos_token="</s>", unk_token="<unk>", mask_token="<mask>")
+    tok.save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    cfg = BartConfig(vocab_size=len(tok), d_model=16, encoder_layers=1, decoder_layers=1,
+                     encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                     decoder_ffn_dim=32, max_position_embeddings=128, pad_token_id=1,
+                     bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
+                     forced_bos_token_id=None, forced_eos_token_id=None)
+    BartForConditionalGeneration(cfg).save_pretrained(tmp_path)
+
+    config = GenRecConfig(backbone=str(tmp_path), max_items=5, beams=5)
+    stage = TrainConfig(epochs=2, patience=2, lr=1e-2, batch_size=16, select="min",
+                        warmup=0.05, schedule="linear", progress=False)
+    pipe = GenRecPipeline(tiny, config, stage, stage, per_user=1)
+    assert type(pipe.tokenizer).__name__ == "HFWordTokenizer"
+    assert pipe.tokenizer.mask_token_id == tok.mask_token_id
+    model, log = pipe.train(0, Variant("GenRec", True, 1))
+    assert model.bart.config.d_model == 16
+    assert min(e["valid"] for e in log["finetune"]) < log["before"]   # it learns something
+    users = np.arange(4)
+    ranked = pipe.recommend(model, users)
+    assert all(len(r) == 5 == len(set(r)) and all(1 <= i <= tiny.n_items for i in r)
+               for r in ranked)

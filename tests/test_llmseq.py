@@ -148,7 +148,8 @@ def test_llmseqprompt_lora_learns_a_title_and_maps_generations(tiny_lm):
     def encode(texts):  # a toy "sentence encoder": one-hot of the exact title, else item 4's axis
         return np.stack([emb[titles.index(t)] if t in titles else emb[4] for t in texts])
 
-    config = LLMSeqPromptConfig(lora_r=4, num_beams=2, max_new_tokens=4, top_k=3)
+    config = LLMSeqPromptConfig(lora_r=4, num_beams=2, max_new_tokens=4, top_k=3,
+                                constrained=False)  # free text, mapped by embedding
     model = LLMSeqPrompt(tiny_lm, CharTokenizer(), titles, emb, encode, config)
     assert model.tokenizer is not None and model.prompt([1, 2]) == seq_prompt(["ab", "cd"])
     trainable = [n for n, p in model.model.named_parameters() if p.requires_grad]
@@ -183,3 +184,79 @@ def test_clean_generation_only_drops_a_leading_list_number():
     assert clean_generation(" 11. Heat (1995)") == "Heat (1995)"
     assert clean_generation("2001: A Space Odyssey (1968)") == "2001: A Space Odyssey (1968)"
     assert clean_generation("1. 1994") == "1994"
+
+
+# --- LLMSeqPrompt: loss by part, title trie, likelihood of titles ---------------------------------
+
+
+def test_completion_parts_split_words_year_and_end():
+    from recutils.models.llmseq import END, TITLE, YEAR, completion_parts
+
+    tok = CharTokenizer()
+    assert completion_parts(tok, "Ab (1995)", "#") == [TITLE] * 2 + [YEAR] * 7 + [END]
+    assert completion_parts(tok, "Heat", "#") == [TITLE] * 4 + [END]          # no year
+
+
+def test_part_losses_by_hand():
+    from recutils.models.llmseq import END, TITLE, YEAR, part_losses
+
+    # one row, 4 positions: logits at t predict label t + 1; labels 1..3 are the completion
+    logits = torch.zeros(1, 4, 3)
+    logits[0, 0, 1] = logits[0, 1, 2] = 2.0            # confident and right on the first two
+    labels = torch.tensor([[-100, 1, 2, 0]])
+    parts = torch.tensor([[0, TITLE, YEAR, END]])
+    out = part_losses(logits, labels, parts)
+    right = -torch.log_softmax(torch.tensor([0.0, 2.0, 0.0]), 0)[1]
+    uniform = torch.log(torch.tensor(3.0))
+    assert out["title"] == pytest.approx(float(right)) and out["year"] == pytest.approx(float(right))
+    assert out["end"] == pytest.approx(float(uniform))
+    assert out["loss"] == pytest.approx(float((2 * right + uniform) / 3))
+    assert torch.isnan(part_losses(logits, labels, torch.zeros_like(parts) + TITLE)["year"])
+
+
+@pytest.fixture
+def prompter():
+    tiny_lm = tiny_llama(initializer_range=0.2)  # a fresh LM: each prompter adds its own LoRA
+    titles = ["<pad>", "ab", "abc", "cd", "ef"]
+    emb = np.eye(5, dtype=np.float32)
+    emb[0] = 0
+    config = LLMSeqPromptConfig(lora_r=4, num_beams=3, max_new_tokens=4, top_k=4)
+    return LLMSeqPrompt(tiny_lm, CharTokenizer(), titles, emb, lambda t: emb[:len(t)], config)
+
+
+def test_constrained_beams_are_unseen_catalogue_titles(prompter):
+    histories = [[1, 3], [2], [1, 2, 3]]
+    beams = prompter.generate_items(histories)
+    for items, h in zip(beams, histories):
+        assert items and len(set(items)) == len(items) <= 3
+        assert all(1 <= i <= 4 and i not in h for i in items)
+    assert sorted(beams[2]) == [4]                  # only one unseen title is left
+    filled = prompter.fill_from_items(beams, histories)
+    assert all(f[:len(b)] == b for f, b in zip(filled, beams))   # beams first, then neighbours
+    assert sorted(filled[0]) == [2, 4] and all(i not in h for f, h in zip(filled, histories)
+                                               for i in f)
+    assert prompter.predict(histories) == filled
+
+
+def test_title_logprobs_with_a_shared_cache_match_a_full_forward(prompter):
+    history, items = [1, 3], [2, 4, 1]
+    got = prompter.title_logprobs(history, items)
+    tok, model = prompter.tokenizer, prompter.model
+    prompt = tok(prompter.prompt(history))["input_ids"]
+    for score, i in zip(got, items):
+        path = tok(prompter.titles[i] + "#")["input_ids"]
+        ids = torch.tensor([prompt + path])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+        want = sum(float(logp[len(prompt) - 1 + t, path[t]]) for t in range(len(path)))
+        assert score == pytest.approx(want, abs=1e-4)
+
+
+def test_mean_losses_weigh_tokens_and_report_parts(prompter):
+    pairs = [(seq_prompt(["ab"]), 3), (seq_prompt(["cd", "ab"]), 2)]
+    one = [prompter.mean_losses([p]) for p in pairs]
+    both = prompter.mean_losses(pairs)
+    # "cd#" has 2 title tokens, "abc#" 3: the title loss is their token-weighted mean
+    assert both["title"] == pytest.approx((2 * one[0]["title"] + 3 * one[1]["title"]) / 5)
+    assert both["end"] == pytest.approx((one[0]["end"] + one[1]["end"]) / 2)
+    assert np.isnan(both["year"]) and both["loss"] == pytest.approx(prompter.mean_loss(pairs))

@@ -146,16 +146,27 @@ def test_claim_rows_follow_the_numbers(tiny):
     bench = _fake_bench(tiny, values, {"LLMSeqSim": 0.9, "SASRec": 0.3})
     summary = pipeline.summarize(bench)
     sim = pipeline.SimVariants(pd.DataFrame(), "last", None, 1.0, 0.0)
-    hit, miss = np.array([0]), np.array([50])  # first place, 51st place
-    results = {"LLMSeqPrompt": EvalResult({"full_masked": miss}, np.array([0])),
-               "SASRec": EvalResult({"full_masked": hit}, np.array([0]))}
-    gen = pipeline.PromptResults(np.array([0]), [["x"]], [[1]], 1.0, 0.0, results, np.array([1]))
+    users = np.arange(4)
+
+    def ranks(*r):  # 0 = first place (NDCG 1), 50 = a miss at 10
+        return EvalResult({"full_masked": np.array(r, dtype=float)}, users)
+
+    results = {"LLMSeqPrompt": ranks(0, 0, 0, 50), "SASRec": ranks(0, 0, 0, 0),
+               "LLMSeqSim": ranks(0, 50, 0, 50), "Popularity": ranks(50, 50, 50, 50)}
+    gen = pipeline.PromptResults(users, [["x"]], [[1]] * 4, 1.0, 0.0, results, np.ones(4))
     rows = pipeline.claim_rows(bench, summary, sim, gen, n_seeds=2)
     holds = [r["holds"] for r in rows]
     # LLM2BERT4Rec +0.025 (std 0.005) = +23% (>= 15%); LLM2SASRec - SASRec = (-0.01, 0.01);
-    # LLMSeqSim 0.05 below the weaker 0.11; its coverage 0.9 > 0.3; LLMSeqPrompt 0 vs 1
-    assert holds == ["yes", "yes", "no", "no", "yes", "no"]
+    # LLMSeqSim 0.05 below the weaker 0.11; its coverage 0.9 > 0.3; LLMSeqPrompt .75 < 1;
+    # vs LLMSeqSim: .75 [.26, 1.24] and .5 [-.07, 1.07] overlap; vs Popularity [0, 0]: above
+    assert holds == ["yes", "yes", "no", "no", "yes", "no", "n/a", "yes"]
     assert "+23%" in rows[0]["ours"] and "2 seeds" in rows[0]["ours"]
+    assert rows[6]["note"] == "not separable at default: the 95% intervals overlap"
+    free = EvalResult({"full_masked": np.array([50.0])}, users[:1])
+    gen = pipeline.PromptResults(users, [["x"]], [[1]] * 4, 0.25, 0.0, results, np.ones(4),
+                                 free=free, free_users=users[:1])
+    last = pipeline.claim_rows(bench, summary, sim, gen, n_seeds=2)[-1]
+    assert last["holds"] == "no" and last["ours"].startswith("75% exact titles")
 
 
 @pytest.fixture(scope="module")
@@ -176,30 +187,100 @@ def test_prompter_trains_through_fit_and_is_scored_on_its_users(tiny, tiny_lm):
     config = LLMSeqPromptConfig(max_items=2, lora_r=4, num_beams=2, max_new_tokens=3, top_k=5)
     prompter = LLMSeqPrompt(tiny_lm, CharTokenizer(), titles, emb, encode, config)
     bench = pipeline.Bench(tiny, np.arange(tiny.n_users), seed=0)
-    train = TrainConfig(epochs=2, batch_size=4, lr=2e-2, select="min", progress=False)
+    train = TrainConfig(epochs=2, batch_size=4, lr=2e-2, select="min", patience=2,
+                        progress=False)
     with pytest.raises(ValueError, match="select"):
         pipeline.train_prompter(prompter, bench, TrainConfig(), 8, 5, 3, 0, "cpu")
     tuned = pipeline.train_prompter(prompter, bench, train, n_examples=8, n_users=5, n_valid=3,
-                                    seed=0, device="cpu")
-    assert len(tuned.examples) == 8 and len(tuned.history.epochs) == 2
+                                    seed=0, device="cpu", rounds=2)
+    assert len(tuned.examples) == len(set(tuned.examples)) == 8 and len(tuned.history.epochs) == 2
     assert len(set(tuned.users)) == 5 and list(tuned.users) == sorted(tuned.users)
-    valid = tiny.targets("valid")
-    assert [t for _, t in tuned.valid_pairs] == [int(valid[u]) for u in tuned.users[:3]]
-    # the selected epoch has the lowest validation loss, and its weights are the ones kept
+    assert len(tuned.valid_pairs) == 3
+    # rounds of distinct pairs: 0 (untrained), 4, 8; each pair seen once (2 steps of 4)
+    assert [r["pairs"] for r in tuned.rounds] == [0, 4, 8] and len(tuned.history.steps) == 2
+    assert tuned.rounds[0]["valid_title"] == tuned.loss_before
+    assert {"valid_year", "valid_end", "train_title", "train_loss"} <= set(tuned.rounds[1])
+    # the selected round has the lowest validation title loss, and its weights are kept
     assert tuned.loss_after == min(tuned.history.column("valid")) < tuned.loss_before
-    assert prompter.mean_loss(tuned.valid_pairs) == pytest.approx(tuned.loss_after)
+    assert prompter.mean_losses(tuned.valid_pairs)["title"] == pytest.approx(tuned.loss_after)
 
     gen = pipeline.evaluate_prompter(prompter, bench, tuned.users, LLMSeqSim(emb), {}, "cpu",
-                                     rescore=())
-    assert set(gen.results) == {"LLMSeqPrompt", "LLMSeqSim"}
-    assert len(gen.generations) == len(gen.ranked) == 5 and 0 <= gen.hallucination_rate <= 1
+                                     rescore=(), n_free=3)
+    assert set(gen.results) == {"LLMSeqPrompt", "LLMSeqSim", "Popularity", "Random"}
+    assert len(gen.generations) == 3 and len(gen.ranked) == 5
+    assert 0 <= gen.hallucination_rate <= 1 and len(gen.free.users) == 3
     inputs = tiny.inputs("test")
-    for u, items in zip(tuned.users, gen.ranked):
+    for u, items, beam in zip(tuned.users, gen.ranked, gen.beams):
         assert len(items) == len(set(items)) == 5 and not set(items) & set(inputs[u].tolist())
+        assert items[:len(beam)] == beam and beam      # constrained beams lead the list
     hr5 = np.mean([t in items for t, items in zip(gen.targets, gen.ranked)])
     assert gen.results["LLMSeqPrompt"].metrics()["full_masked/HR@5"] == pytest.approx(hr5)
     table = pipeline.generation_examples(gen, bench, titles, n=3)
-    assert len(table) == 3 and table["mapped to"].tolist() == [titles[r[0]] for r in gen.ranked[:3]]
+    assert table["constrained (best beam)"].tolist() == [titles[r[0]] for r in gen.ranked[:3]]
     same = pipeline.same_user_table(gen, bench)
-    assert list(same.index) == ["LLMSeqPrompt", "LLMSeqSim"] and "coverage@10" in same
+    assert list(same.index) == ["LLMSeqPrompt", "LLMSeqSim", "Popularity", "Random"]
+    assert "coverage@10" in same
     assert same["NDCG@10 95% CI"].str.match(r"^\[-?\d\.\d{3}, -?\d\.\d{3}\]$").all()
+    lik = pipeline.likelihood_ranking(prompter, bench, tuned.users[:2], n_negatives=4, seed=0)
+    assert set(lik.ranks["sampled4"]) <= {0, 1, 2, 3, 4}
+
+
+def test_paper_path_loads_an_encoder_and_a_causal_lm_from_folders(tmp_path, tiny):
+    """SCALE="paper" names all-mpnet-base-v2 and SmolLM2-1.7B-Instruct: the same loaders and
+    pipeline on tiny random models of those architectures (MPNet, Llama) built from configs,
+    with tokenizers trained here on the item titles (no network)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from tokenizers import BertWordPieceTokenizer, ByteLevelBPETokenizer
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        MPNetConfig,
+        MPNetModel,
+        MPNetTokenizerFast,
+        PreTrainedTokenizerFast,
+    )
+
+    titles = item_texts(tiny.items, pipeline.TEXT)
+    corpus = [t for t in titles if t] + [str(i) for i in range(10)]
+    torch.manual_seed(0)
+    wp = BertWordPieceTokenizer(lowercase=True)
+    wp.train_from_iterator(corpus, vocab_size=300, special_tokens=[
+        "<s>", "<pad>", "</s>", "<unk>", "<mask>", "[UNK]"])
+    mp_tok = MPNetTokenizerFast(tokenizer_object=wp._tokenizer, bos_token="<s>", eos_token="</s>",
+                                sep_token="</s>", cls_token="<s>", unk_token="<unk>",
+                                pad_token="<pad>", mask_token="<mask>")
+    enc_dir = tmp_path / "mpnet"
+    MPNetModel(MPNetConfig(vocab_size=len(mp_tok), hidden_size=16, num_hidden_layers=1,
+                           num_attention_heads=2, intermediate_size=32,
+                           max_position_embeddings=64, pad_token_id=1)).save_pretrained(enc_dir)
+    mp_tok.save_pretrained(enc_dir)
+    word = Transformer(str(enc_dir), max_seq_length=32)
+    SentenceTransformer(modules=[word, Pooling(16, "mean")]).save(str(tmp_path / "st"))
+    names = pipeline.embed_items(tiny, str(tmp_path / "st"), "cpu")
+    assert names.emb.shape == (tiny.n_items + 1, 16) and not names.emb[0].any()
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus * 2, vocab_size=400, min_frequency=1,
+                            special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    lm_tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|im_end|>",
+                                     pad_token="<|im_end|>", bos_token="<|im_start|>")
+    lm_dir = tmp_path / "smollm2"
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(lm_tok), hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                 max_position_embeddings=512, tie_word_embeddings=True,
+                                 eos_token_id=lm_tok.eos_token_id,
+                                 pad_token_id=lm_tok.pad_token_id)).save_pretrained(lm_dir)
+    lm_tok.save_pretrained(lm_dir)
+    config = LLMSeqPromptConfig(max_items=3, lora_r=4, num_beams=3, max_new_tokens=8, top_k=6)
+    prompter, _ = pipeline.build_prompter(str(lm_dir), names, config, "cpu")
+    bench = pipeline.Bench(tiny, np.arange(tiny.n_users), seed=0)
+    train = TrainConfig(batch_size=4, lr=1e-2, patience=2, select="min", progress=False)
+    tuned = pipeline.train_prompter(prompter, bench, train, 8, 4, 3, 0, "cpu", rounds=2)
+    assert [r["pairs"] for r in tuned.rounds] == [0, 4, 8]
+    gen = pipeline.evaluate_prompter(prompter, bench, tuned.users, LLMSeqSim(names.emb), {},
+                                     "cpu", rescore=(), n_free=2)
+    inputs = tiny.inputs("test")
+    for u, beam, items in zip(tuned.users, gen.beams, gen.ranked):
+        assert beam and all(1 <= i <= tiny.n_items and i not in inputs[u] for i in beam)
+        assert len(items) == 6 == len(set(items))

@@ -105,3 +105,19 @@ def test_popularity_scores_training_counts(tiny):
     s = pop.predict(np.arange(3))
     assert s.shape == (3, tiny.n_items + 1)
     assert torch.equal(s[0], torch.as_tensor(tiny.item_counts(), dtype=torch.float32))
+
+
+def test_random_scores_are_per_user_and_at_chance(tiny):
+    from recutils.evaluation import Evaluator
+    from recutils.models import RandomScores
+
+    r = RandomScores(tiny.n_items, seed=3)
+    a, b = r.predict(np.array([0, 1, 2])), r.predict(np.array([2, 0]))
+    assert torch.equal(a[2], b[0]) and torch.equal(a[0], b[1])   # a user's scores: the same
+    assert not torch.equal(a[0], a[1])                           # in any batch, per user
+    assert not torch.equal(a, RandomScores(tiny.n_items, seed=4).predict(np.array([0, 1, 2])))
+    # over many users a random ranking hits the target at about 10 / n_items of them at 10
+    ev = Evaluator(tiny, "test", protocols=("full",), ks=(10,))
+    hits = np.mean([ev.evaluate(RandomScores(tiny.n_items, seed=s)).metrics()["full/HR@10"]
+                    for s in range(20)])
+    assert abs(hits - 10 / tiny.n_items) < 0.03

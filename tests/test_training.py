@@ -139,3 +139,29 @@ def test_train_config_rejects_unknown_options():
         TrainConfig(select="best")
     with pytest.raises(ValueError, match="schedule"):
         TrainConfig(schedule="cosine")
+
+
+def test_warmup_then_linear_decay_and_warmup_then_constant():
+    # 2 epochs x 5 steps, 20% warm-up = 2 steps: factors 1/2, 1, then (10 - s) / 8 for s >= 2
+    model, loss_fn = _quadratic()
+    cfg = TrainConfig(epochs=2, lr=0.1, schedule="linear", warmup=0.2, log_steps=True,
+                      progress=False)
+    hist = fit(model, lambda e: [None] * 5, cfg, loss_fn=loss_fn)
+    expected = [0.5, 1.0] + [(10 - s) / 8 for s in range(2, 10)]
+    assert np.allclose(hist.lrs, [0.1 * f for f in expected])
+    # the first AdamW step moves the weight by about the LR it used: half the peak
+    model, loss_fn = _quadratic()
+    seen = []
+    fit(model, lambda e: [None] * 5, TrainConfig(epochs=2, lr=0.1, warmup=0.2, log_steps=True,
+                                                 progress=False),
+        loss_fn=lambda m, b: (seen.append(m.weight.item()), loss_fn(m, b))[1])
+    assert abs(seen[1] - seen[0]) == pytest.approx(0.05, abs=2e-3)
+
+
+def test_warmup_with_constant_schedule_stays_at_the_peak():
+    model, loss_fn = _quadratic()
+    cfg = TrainConfig(epochs=1, lr=0.2, warmup=0.5, log_steps=True, progress=False)
+    hist = fit(model, lambda e: [None] * 4, cfg, loss_fn=loss_fn)
+    assert np.allclose(hist.lrs, [0.1, 0.2, 0.2, 0.2])
+    with pytest.raises(ValueError, match="warmup"):
+        TrainConfig(warmup=1.0)

@@ -2,7 +2,8 @@
 
 from recutils.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recutils.models.embedding import ItemEmbedding
-from recutils.models.popularity import Popularity
+from recutils.models.popularity import Popularity, RandomScores
 from recutils.models.sasrec import SASRec, SASRecConfig
 
-__all__ = ["BERT4Rec", "BERT4RecConfig", "ItemEmbedding", "Popularity", "SASRec", "SASRecConfig"]
+__all__ = ["BERT4Rec", "BERT4RecConfig", "ItemEmbedding", "Popularity", "RandomScores", "SASRec",
+           "SASRecConfig"]

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recutils.batching import seeded_subset, to_device
+from recutils.batching import IGNORE_INDEX, seeded_subset, to_device
+from recutils.decoding import TokenTrie
 from recutils.mapping import TitleIndex, nearest_items, rank_from_generations
 from recutils.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recutils.models.embedding import pca_init
@@ -165,6 +166,48 @@ def llm2bertrec(item_emb: np.ndarray, config: BERT4RecConfig | None = None,
 
 SEPARATOR = "\n\n###\n\n"  # ends every prompt (the paper's prompt/completion separator)
 _NUMBERING = re.compile(r"^\s*\d+\.\s+")
+_YEAR = re.compile(r"\s*\(\d{4}\)\s*$")
+# What each completion token is: the title's words, its year "(1995)", the end marker.
+TITLE, YEAR, END = 1, 2, 3
+PARTS = {"title": TITLE, "year": YEAR, "end": END}
+
+
+def completion_parts(tokenizer, title: str, end: str) -> list[int]:
+    """The part (TITLE, YEAR or END) of every token of the completion ``title + end``.
+
+    The words are the title without a trailing ``(year)``. When the tokens of the words (or
+    of the title) are not a prefix of the completion's tokens, the boundary cannot be drawn
+    and those tokens count as TITLE.
+    """
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    full, with_year = ids(title + end), ids(title)
+    words = ids(_YEAR.sub("", title))
+    if full[:len(with_year)] != with_year:
+        return [TITLE] * len(full)
+    n_words = len(words) if with_year[:len(words)] == words else len(with_year)
+    return ([TITLE] * n_words + [YEAR] * (len(with_year) - n_words)
+            + [END] * (len(full) - len(with_year)))
+
+
+def part_losses(logits: torch.Tensor, labels: torch.Tensor, parts: torch.Tensor
+                ) -> dict[str, torch.Tensor]:
+    """Next-token cross-entropy of the completion: "loss" over every labelled token (as the LM's
+    own loss), and its mean over the TITLE, YEAR and END tokens apart (NaN for an absent part).
+
+    ``logits`` [B, T, V] predict position t + 1 from t; ``labels`` [B, T] hold -100 outside
+    the completion; ``parts`` [B, T] the part of each labelled token (0 elsewhere).
+    """
+    logits, labels, parts = logits[:, :-1].float(), labels[:, 1:], parts[:, 1:]
+    nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
+                          reduction="none")
+    keep = labels != IGNORE_INDEX
+    out = {"loss": nll[keep].mean()}
+    for name, code in PARTS.items():
+        m = keep & (parts == code)
+        out[name] = nll[m].mean() if bool(m.any()) else torch.tensor(float("nan"))
+    return out
 
 
 def clean_generation(text: str) -> str:
@@ -207,9 +250,11 @@ class LLMSeqPromptConfig:
     max_length: int = 256           # tokens of prompt + completion (the prompt's start is cut)
     loss_batch_size: int = 8        # pairs per forward pass when a loss is only measured
     num_beams: int = 5              # beams = titles generated per history [paper: 20]
-    max_new_tokens: int = 20        # longest generated title, in tokens
+    max_new_tokens: int = 20        # longest generated title, in tokens (unconstrained)
     generate_batch_size: int = 4    # prompts per generate() call
     top_k: int = 20                 # length of the ranked item list [paper: 20, NDCG@20]
+    constrained: bool = True        # beams restricted to unseen catalogue titles (a trie);
+                                    # False: free text mapped by embedding [paper: free text]
 
 
 class LLMSeqPrompt:
@@ -238,6 +283,8 @@ class LLMSeqPrompt:
                           task_type="CAUSAL_LM")
         self.model = get_peft_model(lm, lora)
         self.stats: dict[str, float] = {}
+        self._trie: TokenTrie | None = None
+        self._paths: dict[int, list[int]] | None = None
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -247,28 +294,163 @@ class LLMSeqPrompt:
         return seq_prompt([self.titles[i] for i in history], self.config.max_items)
 
     def batch(self, examples: Sequence[tuple[str, int]]) -> dict[str, torch.Tensor]:
-        """Tokenised prompt + " title<end>" pairs; the loss covers the completion only."""
+        """Tokenised prompt + " title<end>" pairs; the loss covers the completion only.
+
+        ``parts`` marks each completion token as TITLE, YEAR or END (0 elsewhere), so the
+        loss can be read apart (:func:`part_losses`).
+        """
         from recutils.lm import completion_batch
 
-        return completion_batch(self.tokenizer, [p for p, _ in examples],
-                                [f"{self.titles[i]}{self.end}" for _, i in examples],
-                                self.config.max_length)
+        b = completion_batch(self.tokenizer, [p for p, _ in examples],
+                             [f"{self.titles[i]}{self.end}" for _, i in examples],
+                             self.config.max_length)
+        parts = torch.zeros_like(b["labels"])
+        for row, (_, i) in enumerate(examples):
+            codes = completion_parts(self.tokenizer, self.titles[i], self.end)
+            parts[row, parts.shape[1] - len(codes):] = torch.tensor(codes)
+        b["parts"] = parts
+        return b
+
+    def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:func:`part_losses` of a :meth:`batch`: "loss" (all completion tokens), "title",
+        "year", "end"."""
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "parts")}
+        logits = self.model(**inputs).logits
+        return part_losses(logits, batch["labels"], batch["parts"])
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean next-token cross-entropy of the completion tokens."""
-        return self.model(**batch).loss
+        return self.losses(batch)["loss"]
 
     @torch.no_grad()
-    def mean_loss(self, examples: Sequence[tuple[str, int]]) -> float:
-        """The mean over batches of ``loss_batch_size`` pairs of :meth:`loss`, in eval mode."""
+    def mean_losses(self, examples: Sequence[tuple[str, int]]) -> dict[str, float]:
+        """Every term of :meth:`losses`, each a mean over its tokens of all ``examples``."""
         self.model.eval()
         device = next(self.model.parameters()).device
-        size = self.config.loss_batch_size
-        return float(np.mean([self.loss(to_device(self.batch(examples[i:i + size]), device)).item()
-                              for i in range(0, len(examples), size)]))
+        size, sums, counts = self.config.loss_batch_size, {}, {}
+        for i in range(0, len(examples), size):
+            b = to_device(self.batch(examples[i:i + size]), device)
+            out = self.losses(b)
+            keep = b["labels"][:, 1:] != IGNORE_INDEX
+            n = {"loss": int(keep.sum())}
+            for name, code in PARTS.items():
+                n[name] = int((keep & (b["parts"][:, 1:] == code)).sum())
+            for k, v in out.items():
+                if n[k]:
+                    sums[k] = sums.get(k, 0.0) + float(v) * n[k]
+                    counts[k] = counts.get(k, 0) + n[k]
+        return {k: sums[k] / counts[k] if counts.get(k) else float("nan")
+                for k in ("loss", *PARTS)}
+
+    def mean_loss(self, examples: Sequence[tuple[str, int]]) -> float:
+        """The mean completion-token loss of ``examples`` (every token), in eval mode."""
+        return self.mean_losses(examples)["loss"]
+
+    # --- scoring titles by likelihood ----------------------------------------------------
+
+    @torch.no_grad()
+    def title_logprobs(self, history: Sequence[int], items: Sequence[int]) -> np.ndarray:
+        """log p(title + end | prompt) of each of ``items`` after ``history`` (summed over tokens).
+
+        The prompt is run once and its key/value cache shared by every candidate.
+        """
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        tok = self.tokenizer
+        prompt = tok(self.prompt(history), add_special_tokens=False)["input_ids"]
+        prompt = prompt[-(self.config.max_length - self.trie.longest):]
+        out = self.model(input_ids=torch.tensor([prompt], device=device), use_cache=True)
+        first = torch.log_softmax(out.logits[0, -1].float(), -1)
+        paths = [self.trie_paths[int(i)] for i in items]
+        width = max(len(p) for p in paths)
+        cand = torch.full((len(paths), width), self.pad_id, dtype=torch.long)
+        for r, p in enumerate(paths):
+            cand[r, :len(p)] = torch.tensor(p)
+        cache = out.cache
+        cache.batch_repeat_interleave(len(paths))
+        mask = torch.ones(len(paths), len(prompt) + width, dtype=torch.long, device=device)
+        logits = self.model(input_ids=cand.to(device), cache=cache,
+                            attention_mask=mask).logits.float()
+        logp = torch.log_softmax(logits, -1).cpu()
+        scores = np.empty(len(paths))
+        for r, p in enumerate(paths):
+            s = float(first[p[0]])
+            for t in range(1, len(p)):
+                s += float(logp[r, t - 1, p[t]])
+            scores[r] = s
+        return scores
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    @property
+    def trie(self) -> TokenTrie:
+        """The :class:`~recutils.decoding.TokenTrie` of every title's path ``title + end``."""
+        if self._trie is None:
+            self._trie = TokenTrie(self.trie_paths, done_token=self.tokenizer.eos_token_id)
+        return self._trie
+
+    @property
+    def trie_paths(self) -> dict[int, list[int]]:
+        """Item id -> the token ids of its completion ``title + end`` (what training teaches)."""
+        if self._paths is None:
+            tok = self.tokenizer
+            self._paths = {i: tok(f"{t}{self.end}", add_special_tokens=False)["input_ids"]
+                           for i, t in enumerate(self.titles) if i > 0 and t}
+        return self._paths
+
+    @torch.no_grad()
+    def generate_items(self, histories: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Beam search restricted to unseen catalogue titles: ``num_beams`` distinct items per
+        history, best first (beams ranked by the summed log-probability of their tokens).
+
+        Each step may only continue the token path of a title not in the history
+        (:meth:`TokenTrie.allowed` with the history excluded), so every beam is a real item
+        the user has not seen.
+        """
+        c, tok, trie = self.config, self.tokenizer, self.trie
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        out: list[list[int]] = []
+        for start in range(0, len(histories), c.generate_batch_size):
+            chunk = histories[start:start + c.generate_batch_size]
+            enc = tok([self.prompt(h) for h in chunk], return_tensors="pt", padding=True,
+                      add_special_tokens=False).to(device)
+            width = enc["input_ids"].shape[1]
+            allowed = trie.hf_prefix_fn(width, exclude=[{int(i) for i in h} for h in chunk])
+            gen = self.model.generate(**enc, max_new_tokens=trie.longest, num_beams=c.num_beams,
+                                      num_return_sequences=c.num_beams, do_sample=False,
+                                      prefix_allowed_tokens_fn=allowed, length_penalty=0.0,
+                                      early_stopping=True, eos_token_id=tok.eos_token_id,
+                                      pad_token_id=self.pad_id)
+            rows = gen[:, width:].tolist()
+            for b in range(len(chunk)):
+                items: list[int] = []
+                for seq in rows[b * c.num_beams:(b + 1) * c.num_beams]:
+                    i = trie.item(seq)
+                    if i is not None and i not in items:
+                        items.append(i)
+                out.append(items)
+        return out
+
+    def fill_from_items(self, beams: Sequence[Sequence[int]], histories: Sequence[Sequence[int]],
+                        k: int | None = None) -> list[list[int]]:
+        """Top ``k`` lists: the beam items first, then their nearest unseen items by embedding
+        (round by round, best beam first), so a list is as long as the other methods'."""
+        k = k or self.config.top_k
+        out = []
+        for items, h in zip(beams, histories):
+            seen = [int(i) for i in h]
+            near = nearest_items(self.item_emb[list(items)], self.item_emb, k=k,
+                                 exclude=[seen] * len(items)) if len(items) else []
+            out.append(rank_from_generations([[i, *n] for i, n in zip(items, near)], k,
+                                             exclude=seen))
+        return out
 
     def generate(self, histories: Sequence[Sequence[int]]) -> list[list[str]]:
-        """``num_beams`` generated titles per history, best beam first."""
+        """``num_beams`` freely generated titles per history, best beam first."""
         from recutils.lm import generate_texts
 
         c = self.config
@@ -278,7 +460,13 @@ class LLMSeqPrompt:
                               num_return_sequences=c.num_beams, batch_size=c.generate_batch_size)
 
     def predict(self, histories: Sequence[Sequence[int]]) -> list[list[int]]:
-        """Ranked lists of ``top_k`` unseen items per history: :meth:`generate`, then :meth:`map_to_items`."""
+        """Ranked lists of ``top_k`` unseen items per history.
+
+        ``config.constrained``: :meth:`generate_items` then :meth:`fill_from_items`; else
+        :meth:`generate` then :meth:`map_to_items` (free text mapped by embedding).
+        """
+        if self.config.constrained:
+            return self.fill_from_items(self.generate_items(histories), histories)
         return self.map_to_items(self.generate(histories), histories)
 
     def map_to_items(self, generations: Sequence[Sequence[str]],

@@ -19,16 +19,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recutils.batching import seeded_batches
+from recutils.batching import seeded_batches, seeded_subset
 from recutils.beyond_accuracy import beyond_accuracy
 from recutils.data import item_texts, load, prepare
 from recutils.data.sequences import SequenceData
-from recutils.evaluation import EvalResult, Evaluator
+from recutils.evaluation import EvalResult, Evaluator, sample_negatives
 from recutils.lm import encode_texts, load_causal_lm, load_sentence_encoder
 from recutils.mapping import TitleIndex
-from recutils.models import BERT4Rec, BERT4RecConfig, Popularity, SASRec, SASRecConfig
+from recutils.models import (
+    BERT4Rec,
+    BERT4RecConfig,
+    Popularity,
+    RandomScores,
+    SASRec,
+    SASRecConfig,
+)
 from recutils.models.llmseq import (
     COMBINATIONS,
+    PARTS,
     LLMSeqPrompt,
     LLMSeqPromptConfig,
     LLMSeqSim,
@@ -265,85 +273,169 @@ def build_prompter(lm: str, names: ItemNames, config: LLMSeqPromptConfig,
 
 @dataclass
 class PromptTraining:
-    """What LLMSeqPrompt trained on and how its next-title loss on validation moved."""
+    """What LLMSeqPrompt trained on and how its next-title loss on validation moved.
 
-    examples: list[tuple[str, int]]   # (prompt, next item) training pairs
+    ``rounds[r]`` is the state after ``pairs`` distinct training pairs (round 0: untrained):
+    the validation loss over all completion tokens and over the title's words, its year and
+    the end marker apart, and the training loss of the round's pairs (same parts).
+    """
+
+    examples: list[tuple[str, int]]   # (prompt, next item) training pairs, all distinct
     users: np.ndarray                 # the seeded test users it is evaluated on
     valid_pairs: list[tuple[str, int]]
     history: History
-    loss_before: float
-    loss_after: float
+    rounds: list[dict]
+    loss_before: float                # validation title-word loss, untrained
+    loss_after: float                 # ... of the selected round
+
+
+def _finite_parts(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The training loss and the parts present in the batch (an absent part is NaN: left out)."""
+    return {"loss": out["loss"], **{k: out[k].detach() for k in PARTS if torch.isfinite(out[k])}}
 
 
 def train_prompter(prompter: LLMSeqPrompt, bench: Bench, train: TrainConfig,
                    n_examples: int | None, n_users: int, n_valid: int, seed: int,
-                   device: torch.device | str) -> PromptTraining:
-    """LoRA-tune on ``n_examples`` seeded training pairs (``fit``, lower validation loss best).
+                   device: torch.device | str, rounds: int = 4) -> PromptTraining:
+    """LoRA-tune on ``n_examples`` distinct seeded training pairs, each seen once.
 
-    Picks ``n_users`` seeded test users for generation; the validation loss is the mean
-    next-title loss of the first ``n_valid`` of them on their validation item.
+    The pairs are shuffled once and cut into ``rounds`` slices; each slice is one "epoch"
+    of :func:`fit`, so every validation point (the title-word loss of ``n_valid`` validation
+    users, lower is better, the untrained model included) comes after more *distinct* pairs
+    rather than another pass over the same ones. ``fit`` keeps the best round (patience
+    ``train.patience``). Picks ``n_users`` seeded test users for generation.
     """
     if train.select != "min":
         raise ValueError("the validation score here is a loss: use TrainConfig(select='min')")
     data, titles = bench.data, prompter.titles
     examples = prompt_examples(data.train_sequences(), titles, max_items=prompter.config.max_items,
                                n=n_examples, seed=seed)
-    rng = np.random.default_rng(seed)
-    users = np.sort(rng.choice(bench.users, size=min(n_users, len(bench.users)), replace=False))
+    users = seeded_subset(bench.users, min(n_users, len(bench.users)), seed)
     valid_in, valid_t = bench.inputs["valid"], data.targets("valid")
-    valid_pairs = [(prompter.prompt(valid_in[u]), int(valid_t[u])) for u in users[:n_valid]]
-    before = prompter.mean_loss(valid_pairs)
+    valid_users = seeded_subset(bench.users, min(n_valid, len(bench.users)), seed + 1)
+    valid_pairs = [(prompter.prompt(valid_in[u]), int(valid_t[u])) for u in valid_users]
+    ordered = seeded_batches(examples, train.batch_size, seed, prompter.batch)(0)
+    slices = np.array_split(np.arange(len(ordered)), rounds)
+    logged: list[dict] = []
+
+    def valid(m) -> float:
+        logged.append(prompter.mean_losses(valid_pairs))
+        return logged[-1]["title"]
+
     seed_everything(seed)
-    hist = fit(prompter.model, seeded_batches(examples, train.batch_size, seed, prompter.batch),
-               train, loss_fn=lambda m, b: m(**b).loss,
-               valid_fn=lambda m: prompter.mean_loss(valid_pairs), device=device, desc="LoRA")
-    return PromptTraining(examples, users, valid_pairs, hist, before, hist.best_valid)
+    config = replace(train, epochs=rounds, eval_before=True, log_steps=True)
+    hist = fit(prompter.model, lambda e: [ordered[i] for i in slices[e]], config,
+               loss_fn=lambda m, b: _finite_parts(prompter.losses(b)), valid_fn=valid,
+               device=device, desc="LoRA")
+    sizes = [sum(len(ordered[i]["labels"]) for i in sl) for sl in slices]
+    table = [{"pairs": 0, **{f"valid_{k}": v for k, v in logged[0].items()}}]
+    for r, row in enumerate(hist.epochs):
+        table.append({"pairs": int(sum(sizes[:r + 1])),
+                      **{f"valid_{k}": v for k, v in logged[r + 1].items()},
+                      **{f"train_{k}": row[k] for k in ("loss", *PARTS) if k in row}})
+    best = hist.best_valid
+    return PromptTraining(examples, users, valid_pairs, hist, table, logged[0]["title"], best)
+
+
+def likelihood_ranking(prompter: LLMSeqPrompt, bench: Bench, users: np.ndarray,
+                       n_negatives: int = 49, seed: int = 0) -> EvalResult:
+    """Rank each user's test item among ``n_negatives`` sampled unseen items by the LM's
+    log-likelihood of the title (:meth:`LLMSeqPrompt.title_logprobs`); ties count against
+    the target. Protocol name ``sampled{n_negatives}`` (chance HR@10 = 10 / (n + 1))."""
+    negatives = sample_negatives(bench.data, users, n_negatives, seed=seed).numpy()
+    targets, inputs = bench.data.targets("test"), bench.inputs["test"]
+    ranks = np.empty(len(users))
+    for row, u in enumerate(users):
+        scores = prompter.title_logprobs(inputs[u], [int(targets[u]), *negatives[row]])
+        ranks[row] = float((scores[1:] >= scores[0]).sum())
+    return EvalResult({f"sampled{n_negatives}": ranks}, np.asarray(users), ks=(1, 10))
 
 
 @dataclass
 class PromptResults:
-    """LLMSeqPrompt's generations for its users, the mapped lists, and every method on them."""
+    """LLMSeqPrompt's constrained and free generations, the mapped lists, every method on them."""
 
     users: np.ndarray
-    generations: list[list[str]]
-    ranked: list[list[int]]
-    hallucination_rate: float
-    seconds: float                   # generation time (all users)
+    generations: list[list[str]]     # free beams of the first ``len(generations)`` users
+    ranked: list[list[int]]          # constrained lists, every user
+    hallucination_rate: float        # of the free generations
+    seconds: float                   # constrained generation time (all users)
     results: dict[str, EvalResult]   # LLMSeqPrompt and the re-scored methods, same users
     targets: np.ndarray
+    free: EvalResult | None = None   # the free-text variant on its users
+    free_users: np.ndarray | None = None
+    free_seconds: float = 0.0
+    beams: list[list[int]] = field(default_factory=list)   # constrained beam items
 
 
 def evaluate_prompter(prompter: LLMSeqPrompt, bench: Bench, users: np.ndarray,
-                  sim: LLMSeqSim, models: dict[str, torch.nn.Module],
-                  device: torch.device | str, rescore: Sequence[str] = ("SASRec", "LLM2SASRec"),
-                  ) -> PromptResults:
-    """Generate for ``users``, map to items, and re-score LLMSeqSim and ``rescore`` on them."""
+                      sim: LLMSeqSim, models: dict[str, torch.nn.Module],
+                      device: torch.device | str, rescore: Sequence[str] = ("SASRec", "LLM2SASRec"),
+                      n_free: int = 50) -> PromptResults:
+    """Constrained generation for ``users``; the free-text variant for the first ``n_free``;
+    LLMSeqSim, ``rescore``, Popularity and a seeded random ranking on the same users."""
     histories = [bench.inputs["test"][u] for u in users]
     t0 = time.perf_counter()
-    gens = prompter.generate(histories)
+    beams = prompter.generate_items(histories)
     seconds = time.perf_counter() - t0
-    ranked = prompter.map_to_items(gens, histories)
-    rate = prompter.stats["hallucination_rate"]
+    ranked = prompter.fill_from_items(beams, histories)
     ev = Evaluator(bench.data, "test", users=users, seed=bench.seed)
     results = {"LLMSeqPrompt": ev.evaluate_ranked(ranked, keep_topk=TOPK),
                "LLMSeqSim": ev.evaluate(bench.on_histories(sim), keep_topk=TOPK)}
     for name in rescore:
         results[name] = ev.evaluate(sequence_scorer(models[name], bench.data, "test", device),
                                     keep_topk=TOPK)
-    return PromptResults(users, gens, ranked, rate, seconds, results,
-                      bench.data.targets("test")[users])
+    results["Popularity"] = ev.evaluate(Popularity(bench.data), keep_topk=TOPK)
+    results["Random"] = ev.evaluate(RandomScores(bench.data.n_items, seed=bench.seed),
+                                    keep_topk=TOPK)
+    free_users = users[:n_free]
+    t0 = time.perf_counter()
+    gens = prompter.generate(histories[:n_free])
+    free_seconds = time.perf_counter() - t0
+    free_ranked = prompter.map_to_items(gens, histories[:n_free])
+    free = Evaluator(bench.data, "test", users=free_users, seed=bench.seed).evaluate_ranked(
+        free_ranked, keep_topk=TOPK)
+    return PromptResults(users, gens, ranked, prompter.stats["hallucination_rate"], seconds,
+                         results, bench.data.targets("test")[users], free, free_users,
+                         free_seconds, beams)
+
+
+def prompt_figure(training: PromptTraining, smooth: int = 4):
+    """LoRA training loss per step (left) and the validation loss by part vs distinct pairs
+    seen (right: the budget curve; the title's words, its year, the end marker)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
+    steps = np.asarray(training.history.steps)
+    axes[0].plot(np.arange(1, len(steps) + 1), steps, color="0.7", lw=0.8, label="per step")
+    if len(steps) >= smooth:
+        avg = np.convolve(steps, np.ones(smooth) / smooth, mode="valid")
+        axes[0].plot(np.arange(smooth, len(steps) + 1), avg, label=f"mean of {smooth}")
+    axes[0].set(xlabel="LoRA step", ylabel="completion loss (nats / token)",
+                title="LoRA training (every pair seen once)")
+    axes[0].legend(fontsize=8)
+    pairs = [r["pairs"] for r in training.rounds]
+    for k, style in (("title", "o-"), ("year", "s--"), ("end", "^:"), ("loss", ".-")):
+        axes[1].plot(pairs, [r[f"valid_{k}"] for r in training.rounds], style,
+                     label={"loss": "all completion tokens", "title": "title words"}.get(k, k))
+    axes[1].set(xlabel="distinct training pairs seen", ylabel="validation loss (nats / token)",
+                title=f"Validation loss by part, {len(training.valid_pairs)} users")
+    axes[1].legend(fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
 
 
 def generation_examples(test: PromptResults, bench: Bench, titles: Sequence[str],
                         n: int = 6) -> pd.DataFrame:
-    """The first ``n`` users: last watched, best beam, whether it is a real title, mapping, target."""
+    """The first ``n`` users: last watched, free best beam (a real title?), constrained best beam, target."""
     index, rows = TitleIndex(titles), []
-    for i, u in enumerate(test.users[:n]):
+    for i, u in enumerate(test.users[:min(n, len(test.generations))]):
         g = test.generations[i][0] if test.generations[i] else ""
         rows.append({"last watched": titles[bench.inputs["test"][u][-1]],
-                     "generated (best beam)": g,
+                     "free text (best beam)": g,
                      "exact title?": index.match(clean_generation(g)) is not None,
-                     "mapped to": titles[test.ranked[i][0]], "target": titles[test.targets[i]]})
+                     "constrained (best beam)": titles[test.ranked[i][0]],
+                     "target": titles[test.targets[i]]})
     return pd.DataFrame(rows)
 
 
@@ -392,11 +484,12 @@ def record_methods(rec: Recorder, bench: Bench, summary: Summary, id_models: IDM
 
 
 def same_user_table(test: PromptResults, bench: Bench) -> pd.DataFrame:
-    """LLMSeqPrompt's users: SAME_USER_KEYS, a 95% CI of NDCG@10 and the measures at 10."""
+    """LLMSeqPrompt's users: SAME_USER_KEYS, 95% CIs of NDCG@10 and HR@10, the measures at 10."""
     table = pd.DataFrame({n: {k: r.metrics()[k] for k in SAME_USER_KEYS}
                           for n, r in test.results.items()}).T
-    cis = [r.ci(MAIN) for r in test.results.values()]
-    table["NDCG@10 95% CI"] = [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in cis]
+    for key, label in ((MAIN, "NDCG@10"), ("full_masked/HR@10", "HR@10")):
+        table[f"{label} 95% CI"] = ["[{:.3f}, {:.3f}]".format(*r.ci(key))
+                                    for r in test.results.values()]
     for n, r in test.results.items():
         for k, v in beyond_accuracy(r.topk["full_masked"], test.targets, bench.counts,
                                     bench.data.n_items, ks=(10,)).items():
@@ -413,10 +506,19 @@ def record_prompter(rec: Recorder, test: PromptResults, training: PromptTraining
                       infer_seconds_per_user=test.seconds / len(test.users),
                       params_total=sum(p.numel() for p in prompter.model.parameters()),
                       params_trainable=prompter.trainable_parameters(), n_users=len(test.users),
-                      hallucination_rate=test.hallucination_rate,
+                      decoding="beam search constrained to unseen catalogue titles",
+                      training_pairs=len(training.examples), training_rounds=training.rounds,
+                      ci95={k: result.ci(k) for k in (MAIN, "full_masked/HR@10")},
                       beyond_accuracy=beyond_accuracy(result.topk["full_masked"], test.targets,
                                                       bench.counts, bench.data.n_items,
                                                       ks=(10, 20)))
+    if test.free is not None:
+        rec.record_method("LLMSeqPrompt (free text, mapped)", test.free.metrics(),
+                          train_seconds=training.history.seconds,
+                          infer_seconds_per_user=test.free_seconds / len(test.free_users),
+                          n_users=len(test.free_users),
+                          hallucination_rate=test.hallucination_rate,
+                          ci95={k: test.free.ci(k) for k in (MAIN, "full_masked/HR@10")})
 
 
 SHOWN = ["Popularity", "LLMSeqSim", "SASRec", "LLM2SASRec", "BERT4Rec", "LLM2BERT4Rec"]
@@ -504,10 +606,35 @@ def claim_rows(bench: Bench, summary: Summary, sim: SimVariants, test: PromptRes
     c_sas = summary.beyond["SASRec"]["coverage@20"]
     rows.append(claim("LLMSeqSim covers more of the catalogue than SASRec (coverage@20)",
                       "reported per dataset", f"{c_sim:.3f} vs {c_sas:.3f}", c_sim > c_sas))
-    p = test.results["LLMSeqPrompt"].metrics()[MAIN]
-    q = test.results["SASRec"].metrics()[MAIN]
+    res, n = test.results, len(test.users)
+    p = res["LLMSeqPrompt"].metrics()[MAIN]
+    q = res["SASRec"].metrics()[MAIN]
     rows.append(claim("LLMSeqPrompt (fine-tuned LLM) rivals SASRec (NDCG@10, same users)",
-                      "n/a (not in the abstract)", f"{p:.4f} vs {q:.4f} ({len(test.users)} users)",
-                      p >= q and p > 0,
-                      f"{test.hallucination_rate:.0%} of generated titles are not catalogue titles"))
+                      "n/a (not in the abstract)", f"{p:.4f} vs {q:.4f} ({n} users)",
+                      p >= q and p > 0, "constrained decoding"))
+    for other in ("LLMSeqSim", "Popularity"):
+        rows.append(prompt_vs(res, other, n))
+    if test.free is not None:
+        rows.append(claim("Free-text generations name catalogue titles",
+                          "hallucinations discussed, mapped by embedding",
+                          f"{1 - test.hallucination_rate:.0%} exact titles "
+                          f"({len(test.free_users)} users x beams)",
+                          test.hallucination_rate == 0.0,
+                          "constrained decoding makes every recommendation a real unseen item"))
     return rows
+
+
+def prompt_vs(results: dict[str, EvalResult], other: str, n_users: int,
+              key: str = MAIN) -> dict:
+    """Claim row "LLMSeqPrompt is above ``other``": yes with non-overlapping 95% intervals,
+    no when ``other`` is ahead with non-overlapping intervals, else n/a (not separable)."""
+    a, b = results["LLMSeqPrompt"], results[other]
+    (alo, ahi), (blo, bhi) = a.ci(key), b.ci(key)
+    x, y = a.metrics()[key], b.metrics()[key]
+    holds = True if alo > bhi else False if blo > ahi else None
+    note = {True: "95% intervals do not overlap", False: "behind, 95% intervals do not overlap",
+            None: "not separable at default: the 95% intervals overlap"}[holds]
+    return claim(f"LLMSeqPrompt above {other} (NDCG@10, history masked, same users)",
+                 "n/a (course target)",
+                 f"{x:.4f} [{alo:.4f}, {ahi:.4f}] vs {y:.4f} [{blo:.4f}, {bhi:.4f}] "
+                 f"({n_users} users)", holds, note)
