@@ -179,7 +179,7 @@ class ReasoningPrompt(nn.Module):
     """
 
     def __init__(self, config, attn_dim: int = 256, mlp_hidden: int = 256, dropout: float = 0.2,
-                 n_slots: int = 10, qk_std: float = 0.05) -> None:
+                 n_slots: int = 10, qk_std: float = 0.03) -> None:
         super().__init__()
         layers, kv_heads, head_dim = kv_shape(config)
         d = config.hidden_size
@@ -229,9 +229,9 @@ class LANCERConfig:
     top_k: int = 10               # items in the ranked list (one per finished beam; paper: @10)
     anchor: bool = True           # prefixes start as the LM's keys/values of ANCHOR_TEXT (ours;
     #                               public code: random prefix embeddings)
-    qk_std: float = 0.05          # init std of the reasoning attention's W_q, W_k (ours)
+    qk_std: float = 0.03          # init std of the reasoning attention's W_q, W_k (ours)
     bf16: bool = False            # bf16 autocast of the LM's matmuls (paper: fp32; True at default)
-    score_chunk: int = 128        # candidate titles per forward in candidate scoring
+    score_chunk: int = 32         # candidate titles per forward in candidate scoring (ours)
 
 
 def title_paths(tokenizer, names: Sequence[str]) -> dict[int, list[int]]:
