@@ -259,3 +259,38 @@ def test_anchored_knowledge_prefix_is_the_lm_reading_a_real_sentence(tiny_lm):
     # and the flat prefix layout round-trips through split_layers / join_layers
     flat = model.knowledge(2)
     assert torch.equal(join_layers(split_layers(flat, tiny_lm.config)), flat)
+
+
+def test_paper_backbone_gpt2_runs_the_same_code():
+    """SCALE=paper uses GPT-2: a tiny random GPT-2 from a config (no download) through the
+    anchor, the loss, the constrained beam search and candidate scoring."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=256, n_embd=32, n_layer=2,
+                                      n_head=4)).eval()
+    tok = CharTokenizer()
+    model = LANCER(gpt2, tok, TINY).eval()
+    assert kv_shape(gpt2.config) == (2, 4, 8)
+    anchor = tok(ANCHOR_TEXT)["input_ids"][:TINY.n_prefix]
+    text = torch.tensor([tok(" : Alpha")["input_ids"]])
+    h_prefix, _ = model._run(text, torch.ones_like(text), *model.knowledge_prefix(1))
+    h_read = gpt2.transformer(input_ids=torch.cat([torch.tensor([anchor]), text], 1)
+                              ).last_hidden_state[:, len(anchor):]
+    assert torch.allclose(h_prefix, h_read, atol=1e-5)
+    hist = [[1, 2], [3, 4, 5]]
+    reps = torch.randn(len(TITLES), 32)
+    batch = reasoning_batch(tok, reps, hist, TITLES, GENRES, targets=[6, 7])
+    loss = model.reasoning_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and model.reasoning.q.weight.grad.abs().sum() > 0
+    gen = reasoning_batch(tok, reps, hist, TITLES, GENRES)
+    trie = title_trie(tok, TITLES)
+    items, _ = model.beam_search(gen, trie, exclude=hist, num_beams=4)
+    assert all(len(i) == len(set(i)) == 4 and not set(i) & set(h) for i, h in zip(items, hist))
+    assert [i[0] for i in model.beam_search(gen, trie, exclude=hist, num_beams=1)[0]] == \
+        _naive_constrained_greedy(model, gen, trie, hist, trie.longest)
+    paths = title_paths(tok, TITLES)
+    fast = model.score_candidates(gen, [[6, 7, 8], [9, 13]], paths)
+    slow = model.score_candidates(gen, [[6, 7, 8], [9, 13]], paths, reuse_cache=False)
+    assert all(np.allclose(a, b, atol=1e-4) for a, b in zip(fast, slow))
