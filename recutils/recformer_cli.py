@@ -6,6 +6,9 @@ Notebook 05 saves its behaviour-tuned model to ``build/05_recformer_<scale>.pt``
     python -m recutils.recformer_cli build/05_recformer_default.pt --user 7 --out maps.png
 
 draws the vanilla backbone's maps beside the checkpoint's for one user's most recent items.
+Either backbone works: a BERT-like encoder (MiniLM, the default scale) or Longformer
+(``SCALE="paper"``; its banded maps are un-banded by
+:func:`recutils.analysis.recformer_attention.cls_attention`).
 """
 
 from __future__ import annotations

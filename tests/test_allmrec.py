@@ -211,3 +211,35 @@ def test_short_title_and_wilson_interval():
     lo, hi = wilson_interval([1] * 5 + [0] * 5)
     assert lo == pytest.approx(0.2366, abs=1e-3) and hi == pytest.approx(0.7634, abs=1e-3)
     assert wilson_interval([0, 0])[0] == 0.0
+
+
+def tiny_opt():
+    """A 2-layer OPT (the architecture of the paper's OPT-6.7B) built from a config, random weights."""
+    from transformers import OPTConfig, OPTForCausalLM
+    torch.manual_seed(0)
+    config = OPTConfig(vocab_size=64, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                       num_attention_heads=4, max_position_embeddings=512, word_embed_proj_dim=32,
+                       pad_token_id=0, bos_token_id=1, eos_token_id=1, init_std=0.3)
+    return OPTForCausalLM(config).eval()
+
+
+def test_paper_backbone_opt_soft_tokens_gradients_and_generation():
+    """SCALE=paper runs A-LLMRec on OPT: the same code on a tiny random OPT (no download)."""
+    lm, tok = tiny_opt(), CharTokenizer()
+    torch.manual_seed(0)
+    table = torch.randn(10, 6)
+    model = ALLMRec(lm, tok, table, user_dim=5, config=ALLMRecConfig(proj_hidden=16))
+    prompts = [recommendation_prompt(["a"], ["c", "d"], [1], [3, 4]),
+               recommendation_prompt(["ab", "c"], ["d", "e"], [1, 2], [3, 4])]
+    b = prompt_batch(tok, prompts, [answer("c"), answer("e")])
+    b["user_vecs"] = torch.randn(2, 5)
+    emb = model.inputs_embeds(b, b["user_vecs"])
+    r, p, s = b["slots"][0]
+    want = model.projector.user(b["user_vecs"][r]) if s.kind == "user" else model.projector.item(table[s.item])
+    assert torch.allclose(emb[r, p], want, atol=1e-6)
+    model.loss(b).backward()
+    assert all(q.grad is None for q in lm.parameters()), "the LM stays frozen"
+    assert all(q.grad is not None for q in model.projector.parameters())
+    model.zero_grad()
+    out = model.generate(prompt_batch(tok, prompts) | {"user_vecs": b["user_vecs"]}, max_new_tokens=4)
+    assert len(out) == 2 and all(isinstance(t, str) for t in out)

@@ -77,6 +77,22 @@ def test_untrained_model_is_the_backbone_and_extra_embeddings_matter_after_train
         assert not torch.allclose(model.encode(b), ref[:, 0], atol=1e-4)
 
 
+@torch.no_grad()
+def cls_row_by_hand(model, b, query, key):
+    """Layer 0's [CLS] attention [B, heads, T]: embeddings -> q, k -> masked softmax."""
+    bb = model.backbone
+    x = (bb.embeddings.word_embeddings(b["input_ids"]) + model.roles(b["roles"])
+         + model.item_positions(b["item_positions"]))
+    h = bb.embeddings(inputs_embeds=x)
+    heads = bb.config.num_attention_heads
+    d = bb.config.hidden_size // heads
+    q = query(h)[:, 0].view(len(h), heads, d)                      # [B, heads, d]
+    k = key(h).view(len(h), -1, heads, d).transpose(1, 2)        # [B, heads, T, d]
+    logits = (k @ q[..., None]).squeeze(-1) / math.sqrt(d)
+    logits = logits.masked_fill(~b["attention_mask"].bool()[:, None], float("-inf"))
+    return logits.softmax(-1)
+
+
 def test_cls_attention_matches_a_hand_computation():
     bert = tiny_bert(layers=2, heads=2, hidden=8)
     bert.set_attn_implementation("sdpa")
@@ -93,18 +109,8 @@ def test_cls_attention_matches_a_hand_computation():
     assert torch.allclose(att.sum(-1), torch.ones(2, 2, 2), atol=1e-5)
     assert (att[1][:, :, ~real[1]] == 0).all(), "padding gets no attention"
     # layer 0 by hand: embeddings -> q, k -> masked softmax of the [CLS] row
-    with torch.no_grad():
-        x = (bert.embeddings.word_embeddings(b["input_ids"]) + model.roles(b["roles"])
-             + model.item_positions(b["item_positions"]))
-        h = bert.embeddings(inputs_embeds=x)
-        sa = bert.encoder.layer[0].attention.self
-        q, k = sa.query(h), sa.key(h)
-        d = 8 // 2
-        for head in range(2):
-            qh, kh = q[..., head * d:(head + 1) * d], k[..., head * d:(head + 1) * d]
-            logits = (qh[:, 0:1] @ kh.transpose(1, 2)).squeeze(1) / math.sqrt(d)
-            logits = logits.masked_fill(~real, float("-inf"))
-            assert torch.allclose(att[:, 0, head], logits.softmax(-1), atol=1e-5)
+    sa = bert.encoder.layer[0].attention.self
+    assert torch.allclose(att[:, 0], cls_row_by_hand(model, b, sa.query, sa.key), atol=1e-5)
 
 
 def test_attention_per_item_sums_each_items_tokens():
@@ -271,6 +277,63 @@ def test_longformer_backbone_gives_cls_global_attention():
         cls, cls_far = model.encode(b), model.encode({**b, "input_ids": far})
     assert cls.shape == (1, 16) and torch.isfinite(cls).all()
     assert not torch.allclose(cls, cls_far, atol=1e-5)
+
+
+def tiny_longformer(layers=2, window=4, hidden=16, heads=2, vocab=64, seed=0):
+    """A random Longformer built from a config (no download); ``window`` tokens of local attention."""
+    from transformers import LongformerConfig, LongformerModel
+    torch.manual_seed(seed)
+    cfg = LongformerConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                           num_attention_heads=heads, intermediate_size=2 * hidden,
+                           max_position_embeddings=130, attention_window=[window] * layers,
+                           pad_token_id=0, initializer_range=0.3)
+    return LongformerModel(cfg, add_pooling_layer=False).eval()
+
+
+def test_longformer_cls_attention_is_unbanded_to_every_token():
+    """Longformer's banded maps: [CLS]'s row over all T tokens, as a hand computation gives it."""
+    lf = tiny_longformer(layers=2, window=4)
+    model = rf.RecFormer(lf, rf.RecFormerConfig(max_items=4)).eval()  # no dropout by hand below
+    items = rf.tokenize_items(WordTokenizer(), ATTRS, 8)
+    b = rf.sequence_batch(items, [np.array([1, 2, 3]), np.array([1])], CLS_ID, PAD_ID, 4)
+    length = b["input_ids"].shape[1]
+    assert length > 2 + 4, "the sequence must be longer than [CLS]'s local window"
+    att = ra.cls_attention(model, b)
+    assert att.shape == (2, 2, 2, length)              # [B, layers, heads, T], like BERT's
+    real = b["attention_mask"].bool()
+    assert torch.allclose(att.sum(-1), torch.ones(2, 2, 2), atol=1e-5)
+    assert (att[1][:, :, ~real[1]] == 0).all(), "padding gets no attention"
+    assert (att[0, :, :, 4:][:, :, real[0, 4:]] > 0).all(), "tokens beyond the window are seen"
+    # layer 0 by hand: [CLS] uses the global projections over every real token
+    sa = lf.encoder.layer[0].attention.self
+    assert torch.allclose(att[:, 0], cls_row_by_hand(model, b, sa.query_global, sa.key_global),
+                          atol=1e-5)
+    # the figure helpers take it as they take BERT's
+    maps, starts = ra.instance_maps(model, items, np.array([1, 2, 3]), CLS_ID, PAD_ID, 3)
+    assert maps.shape[:2] == (2, 2) and starts == sorted(starts) and len(starts) == 3
+
+
+def test_cli_draws_longformer_maps_and_names_a_missing_checkpoint(tmp_path, capsys):
+    pytest.importorskip("recbole")
+    from transformers import AutoTokenizer
+
+    from recutils.lm import load_text_encoder, minilm_path
+    tok = AutoTokenizer.from_pretrained(str(minilm_path()))
+    backbone_dir = tmp_path / "tiny-longformer"
+    tiny_longformer(layers=2, window=8, vocab=tok.vocab_size).save_pretrained(backbone_dir)
+    tok.save_pretrained(backbone_dir)
+    lf, _ = load_text_encoder(str(backbone_dir), output_attentions=True)
+    assert lf.config.model_type == "longformer"
+    model = rf.RecFormer(lf, rf.RecFormerConfig(max_items=5))
+    path = rf.save_checkpoint(model, tmp_path / "ckpt.pt", backbone=str(backbone_dir),
+                              dataset="ml-100k", min_user=0, min_item=0, max_len=20,
+                              fields=["title", "genres"], item_tokens=8, label="tuned")
+    out = tmp_path / "maps.png"
+    assert recformer_cli.main([str(path), "--user", "7", "--out", str(out)]) == 0
+    assert out.exists() and out.stat().st_size > 1000
+    assert recformer_cli.main([str(tmp_path / "nope.pt"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no RecFormer checkpoint" in err and "make notebook NB=05" in err
 
 
 def test_recformer_config_validates_and_chooses_the_item_vector():

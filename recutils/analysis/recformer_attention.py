@@ -27,21 +27,31 @@ from recutils.models.recformer import RecFormer, sequence_batch
 def cls_attention(model: RecFormer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Attention of [CLS] to every token: [B, layers, heads, T] (each row sums to 1 over real tokens).
 
-    Switches the backbone to eager attention for the call (fused kernels return no weights).
+    The same layout for every backbone. A BERT-like backbone returns full [T, T] maps and
+    [CLS] is row 0. Longformer (RecFormer's backbone at ``SCALE="paper"``) returns banded
+    local maps, in which a token sees only its window; [CLS] has global attention there, and
+    its row over every token is the first column of ``global_attentions`` (cut back from the
+    backbone's padding to a multiple of the attention window). Switches the backbone to eager
+    attention for the call (fused kernels return no weights).
     """
     was_training, impl = model.training, model.backbone.config._attn_implementation
     model.eval()
     if impl != "eager":  # fused attention kernels return no weights
         model.backbone.set_attn_implementation("eager")
     try:
-        _, atts = model(batch, output_attentions=True)
+        out = model.backbone_output(batch, output_attentions=True)
     finally:
         model.train(was_training)
         if impl != "eager":
             model.backbone.set_attn_implementation(impl)
+    length = batch["input_ids"].shape[1]
+    banded = getattr(out, "global_attentions", None)
+    atts = out.attentions if banded is None else banded
     if atts is None or any(a is None for a in atts):
         raise RuntimeError("the backbone returned no attention weights (it needs eager attention)")
-    return torch.stack([a[:, :, 0, :] for a in atts], dim=1)
+    if banded is None:
+        return torch.stack([a[:, :, 0, :] for a in atts], dim=1)
+    return torch.stack([g[:, :, :length, 0] for g in banded], dim=1)  # global token 0 = [CLS]
 
 
 def attention_per_item(att: torch.Tensor, item_positions: torch.Tensor, max_items: int) -> torch.Tensor:

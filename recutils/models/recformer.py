@@ -139,17 +139,26 @@ class RecFormer(nn.Module):
     def n_layers(self) -> int:
         return self.backbone.config.num_hidden_layers
 
-    def forward(self, batch: dict[str, torch.Tensor], output_attentions: bool = False):
-        """Last hidden states [B, T, H] (and, when asked, one attention tensor [B, heads, T, T] per layer)."""
+    def backbone_output(self, batch: dict[str, torch.Tensor], output_attentions: bool = False):
+        """The backbone's output (``transformers`` ModelOutput) on the RecFormer embeddings.
+
+        A Longformer backbone gets global attention on [CLS] (RecFormer's setting); its
+        attention weights then come as ``attentions`` (banded, local) and
+        ``global_attentions`` (what [CLS] attends to; see
+        :func:`recutils.analysis.recformer_attention.cls_attention`).
+        """
         words = self.backbone.embeddings.word_embeddings(batch["input_ids"])
         pos = batch["item_positions"].clamp(max=self.max_items)
         x = words + self.roles(batch["roles"]) + self.item_positions(pos)
         extra = {}
         if self.backbone.config.model_type == "longformer":  # RecFormer: global attention on [CLS]
             extra["global_attention_mask"] = (batch["roles"] == CLS).long()
-        out = self.backbone(inputs_embeds=x, attention_mask=batch["attention_mask"],
-                            output_attentions=output_attentions, **extra)
-        return (out.last_hidden_state, out.attentions) if output_attentions else out.last_hidden_state
+        return self.backbone(inputs_embeds=x, attention_mask=batch["attention_mask"],
+                             output_attentions=output_attentions, **extra)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Last hidden states [B, T, H]."""
+        return self.backbone_output(batch).last_hidden_state
 
     def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[CLS] vectors [B, H]: the user vector of a history, the item vector of a single item."""
