@@ -89,11 +89,11 @@ def test_knowledge_validation_items_are_held_out(lancer_run):
 
 def test_initial_prefix_check_reports_the_three_title_losses(lancer_run):
     init = lancer_run[3]
-    assert set(init) == {"title NLL, no prefix", "title NLL, random prefix (public code's init)",
-                         "title NLL, our knowledge prefix"}
+    assert set(init) == {"title NLL, no prefix", "title NLL, random prefix",
+                         "title NLL, initial prefix"}
     assert all(np.isfinite(v) and v > 0 for v in init.values())
     after = lancer_run[0].init_check()
-    assert "next-title NLL, our user prefix" in after
+    assert "next-title NLL, initial user prefix" in after
 
 
 def test_item_representations_cover_exactly_the_slot_items(lancer_run):

@@ -255,10 +255,10 @@ class LANCERRun:
         return make
 
     def init_check(self) -> dict[str, float]:
-        """Title NLL on the held-out knowledge items: the LM alone, under a random prefix (the
-        public code's initialisation) and under our knowledge prefix (at step 0: the anchored
-        initialisation); once ``h_i`` exist also the next-title NLL of validation users
-        without a prefix and under our user prefix (knowledge + reasoning slots)."""
+        """Title NLL at step 0 on the held-out knowledge items: the LM alone, under a random
+        prefix (the public code's initialisation) and under our anchored initial prefix; and
+        the next-title NLL of validation users without a prefix and under the initial user
+        prefix (knowledge + reasoning slots)."""
         from recutils.models.lancer import PrefixEncoder
 
         m = self.model
@@ -280,14 +280,13 @@ class LANCERRun:
             return m.user_prefix(b["history_reps"], b["history_mask"])[:2]
 
         out = {"title NLL, no prefix": nll(lambda b: m.empty_prefix(len(b["input_ids"])), batches),
-               "title NLL, random prefix (public code's init)": nll(
-                   lambda b: ones(rand(len(b["input_ids"]))), batches),
-               "title NLL, our knowledge prefix": nll(
-                   lambda b: m.knowledge_prefix(len(b["input_ids"])), batches)}
+               "title NLL, random prefix": nll(lambda b: ones(rand(len(b["input_ids"]))), batches),
+               "title NLL, initial prefix": nll(lambda b: m.knowledge_prefix(len(b["input_ids"])),
+                                                batches)}
         if self.reps:
             vb = [to_device(b, self.device) for b in self._valid_batches(self.reps[True])]
             out["next-title NLL, no prefix"] = nll(lambda b: m.empty_prefix(len(b["input_ids"])), vb)
-            out["next-title NLL, our user prefix"] = nll(users, vb)
+            out["next-title NLL, initial user prefix"] = nll(users, vb)
         return out
 
     def train_knowledge(self, train: TrainConfig) -> History:
