@@ -1,24 +1,33 @@
 """LANCER: prefix shapes on a tiny random Llama, the LM loss mask, beam search and item mapping."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from conftest import tiny_llama  # the 2-layer Llama every LM test uses
 
 from recutils.models.lancer import (
+    ANCHOR_TEXT,
     LANCER,
     LANCERConfig,
     PrefixEncoder,
     first_item,
     history_prompt,
+    join_layers,
     kv_shape,
     map_generations,
     pooled_token_embeddings,
     reasoning_batch,
     split_layers,
+    title_paths,
+    title_trie,
 )
 
 TINY = LANCERConfig(n_prefix=4, mlp_hidden=16, attn_dim=8, dropout=0.0)
+TITLES = ["", "Alpha", "Beta", "Gamma", "Delta", "Eps", "Zeta", "Eta", "Theta", "Iota",
+          "Kappa", "Lambda", "Mu", "Alphabet", "Al"]
+GENRES = [[]] + [["Drama"], ["Comedy"], []] * 4 + [["Horror"], []]
 
 
 class CharTokenizer:
@@ -120,24 +129,86 @@ def test_reasoning_prefix_and_beam_search(tiny_lm):
     assert prefix.shape[:2] == (2, 4 + 3) and pmask[0].tolist() == [1] * 4 + [0, 1, 1]
     assert attn.shape == (2, 3, 4) and torch.allclose(attn.sum(-1), torch.ones(2, 3))
     assert torch.isfinite(model.reasoning_loss(batch))
-    gen = reasoning_batch(tok, reps, [[1, 2], [3, 4, 5]], titles, genres)
-    out = model.beam_search(gen, num_beams=3, max_new_tokens=4)
-    assert len(out) == 2 and all(len(o) == 3 for o in out)
-    # one beam = greedy decoding; compare with a naive re-run of the whole prompt each step
-    greedy = model.beam_search(gen, num_beams=1, max_new_tokens=3)
+
+
+
+def _naive_constrained_greedy(model, gen, trie, exclude, steps):
+    """Greedy decoding that re-reads the whole prompt every step (no cache), under the trie."""
     prefix, pmask, _ = model.user_prefix(gen["history_reps"], gen["history_mask"])
-    ids, mask = gen["input_ids"], gen["attention_mask"]
-    naive = [[] for _ in range(2)]
-    for _ in range(3):
-        hidden, _ = model._run(ids, mask, prefix, pmask)
-        nxt = tiny_lm.get_output_embeddings()(hidden[:, -1]).argmax(-1)
-        for u in range(2):
-            naive[u].append(int(nxt[u]))
-        ids = torch.cat([ids, nxt.unsqueeze(1)], 1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+    out = []
+    for u in range(len(gen["input_ids"])):
+        ids, mask = gen["input_ids"][u:u + 1], gen["attention_mask"][u:u + 1]
+        seq = []
+        for _ in range(steps):
+            hidden, _ = model._run(ids, mask, prefix[u:u + 1], pmask[u:u + 1])
+            logits = model.lm.get_output_embeddings()(hidden[0, -1])
+            allowed = trie.allowed(seq, exclude[u])
+            nxt = allowed[int(logits[allowed].argmax())]
+            seq.append(nxt)
+            if nxt == trie.done_token:
+                break
+            ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        out.append(trie.item(seq))
+    return out
+
+
+def test_greedy_beam_search_under_the_trie_matches_a_naive_rerun(tiny_lm):
+    tok = CharTokenizer()
+    model = LANCER(tiny_lm, tok, TINY).eval()
+    trie = title_trie(tok, TITLES)
+    hist = [[1, 2], [3, 4, 5]]
+    gen = reasoning_batch(tok, torch.randn(len(TITLES), 32), hist, TITLES, GENRES)
+    items, _ = model.beam_search(gen, trie, exclude=hist, num_beams=1)
+    naive = _naive_constrained_greedy(model, gen, trie, hist, trie.longest)
+    assert [i[0] for i in items] == naive
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_constrained_beams_are_distinct_unseen_catalogue_items(tiny_lm, seed):
+    """No output is a history item or a non-item; each beam stops after its first title."""
+    torch.manual_seed(seed)
+    tok = CharTokenizer()
+    model = LANCER(tiny_lm, tok, replace(TINY, beams=6, top_k=5)).eval()
+    model.reasoning.out.weight.data.normal_(std=1.0)  # make users differ
+    trie = title_trie(tok, TITLES)
+    hist = [[1, 13], [3, 4, 5, 6], [2, 8, 9, 10, 11, 12]]
+    gen = reasoning_batch(tok, torch.randn(len(TITLES), 32), hist, TITLES, GENRES)
+    items, texts = model.beam_search(gen, trie, exclude=hist)
+    ranked = model.predict(gen, trie, exclude=hist)
+    for h, its, txt, r in zip(hist, items, texts, ranked):
+        assert len(its) == len(set(its)) == len(txt) == 6   # 14 titles, <= 6 seen: 6 beams
+        assert all(1 <= i < len(TITLES) for i in its) and not set(its) & set(h)
+        assert txt == [tok.batch_decode([tok(" " + TITLES[i])["input_ids"]])[0] for i in its]
+        assert r == its[:5]
+    # with an unconstrained prefix, "Al" (a prefix of "Alpha", "Alphabet") is still reachable
+    all_items = model.beam_search(gen, trie, exclude=[[], [], []], num_beams=14)[0]
+    assert all(sorted(its) == list(range(1, 15)) for its in all_items)
+
+
+def test_candidate_scoring_with_a_reused_prompt_cache_matches_full_rereads(tiny_lm):
+    tok = CharTokenizer()
+    model = LANCER(tiny_lm, tok, replace(TINY, score_chunk=4)).eval()
+    model.reasoning.out.weight.data.normal_(std=1.0)
+    paths = title_paths(tok, TITLES)
+    hist = [[1, 2], [3, 4, 5]]
+    gen = reasoning_batch(tok, torch.randn(len(TITLES), 32), hist, TITLES, GENRES)
+    cands = [[5, 6, 7, 13, 14, 9], [1, 2, 11, 12, 10]]
+    fast = model.score_candidates(gen, cands, paths, reuse_cache=True)
+    slow = model.score_candidates(gen, cands, paths, reuse_cache=False, chunk=2)
+    # an independent sum of next-token log-probabilities of prompt + title + eos
+    prefix, pmask, _ = model.user_prefix(gen["history_reps"], gen["history_mask"])
     for u in range(2):
-        toks = naive[u][:naive[u].index(1)] if 1 in naive[u] else naive[u]
-        assert greedy[u][0] == tok.batch_decode([toks])[0]
+        keep = gen["attention_mask"][u].bool()
+        prompt = gen["input_ids"][u][keep]
+        for c, item in enumerate(cands[u]):
+            seq = torch.cat([prompt, torch.tensor(paths[item])]).unsqueeze(0)
+            hidden, _ = model._run(seq, torch.ones_like(seq), prefix[u:u + 1], pmask[u:u + 1])
+            lp = torch.log_softmax(model.lm.get_output_embeddings()(hidden[0]), -1)
+            n = len(prompt)
+            ref = sum(float(lp[n - 1 + t, tok_id]) for t, tok_id in enumerate(paths[item]))
+            assert fast[u][c] == pytest.approx(ref, abs=1e-4)
+            assert slow[u][c] == pytest.approx(ref, abs=1e-4)
 
 
 def test_ablation_without_reasoning_has_no_user_slots(tiny_lm):
@@ -173,19 +244,53 @@ def test_item_mapping_by_max_pooled_token_embeddings():
         map_generations([["abc"]], item_emb[:3], item_emb, k=2, per_text=2)
 
 
-def test_predict_maps_the_beams_to_distinct_items(tiny_lm):
-    """predict = generate (first item of every beam) -> nearest items, duplicates removed."""
+def test_anchored_knowledge_prefix_is_the_lm_reading_a_real_sentence(tiny_lm):
+    """At step 0 the LM under the knowledge prefix = the LM after reading the anchor tokens."""
     tok = CharTokenizer()
-    model = LANCER(tiny_lm, tok, LANCERConfig(n_prefix=4, mlp_hidden=16, attn_dim=8, dropout=0.0,
-                                              beams=3, max_new_tokens=4, top_k=4)).eval()
-    titles = ["", "Alpha", "Beta", "Gamma", "Delta", "Eps", "Zeta", "Eta", "Theta", "Iota",
-              "Kappa", "Lambda", "Mu"]
-    genres = [[], ["Drama"], ["Comedy"], ["Drama"], [], ["Horror"]] + [["Drama"]] * 7
-    gen = reasoning_batch(tok, torch.randn(13, 32), [[1, 2], [3, 4, 5]], titles, genres)
-    texts = model.generate(gen)
-    assert len(texts) == 2 and all(len(t) == 3 and "->" not in " ".join(t) for t in texts)
-    item_emb = pooled_token_embeddings(titles, tok, tiny_lm.get_input_embeddings())
-    ranked = model.predict(gen, item_emb)
-    assert len(ranked) == 2
-    for r in ranked:
-        assert len(r) == len(set(r)) == 4 and all(1 <= i <= 12 for i in r)
+    model = LANCER(tiny_lm, tok, TINY).eval()
+    anchor = tok(ANCHOR_TEXT)["input_ids"][:TINY.n_prefix]
+    text = torch.tensor([tok(" : Alpha")["input_ids"]])
+    h_prefix, _ = model._run(text, torch.ones_like(text), *model.knowledge_prefix(1))
+    full = torch.cat([torch.tensor([anchor]), text], 1)
+    h_read = tiny_lm.model(input_ids=full).last_hidden_state[:, len(anchor):]
+    assert torch.allclose(h_prefix, h_read, atol=1e-5)
+    # the knowledge tokens are the anchor's input embeddings (the LM's embedding space)
+    assert torch.allclose(model.knowledge.tokens(), tiny_lm.get_input_embeddings()(torch.tensor(anchor)))
+    # and the flat prefix layout round-trips through split_layers / join_layers
+    flat = model.knowledge(2)
+    assert torch.equal(join_layers(split_layers(flat, tiny_lm.config)), flat)
+
+
+def test_paper_backbone_gpt2_runs_the_same_code():
+    """SCALE=paper uses GPT-2: a tiny random GPT-2 from a config (no download) through the
+    anchor, the loss, the constrained beam search and candidate scoring."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=256, n_embd=32, n_layer=2,
+                                      n_head=4)).eval()
+    tok = CharTokenizer()
+    model = LANCER(gpt2, tok, TINY).eval()
+    assert kv_shape(gpt2.config) == (2, 4, 8)
+    anchor = tok(ANCHOR_TEXT)["input_ids"][:TINY.n_prefix]
+    text = torch.tensor([tok(" : Alpha")["input_ids"]])
+    h_prefix, _ = model._run(text, torch.ones_like(text), *model.knowledge_prefix(1))
+    h_read = gpt2.transformer(input_ids=torch.cat([torch.tensor([anchor]), text], 1)
+                              ).last_hidden_state[:, len(anchor):]
+    assert torch.allclose(h_prefix, h_read, atol=1e-5)
+    hist = [[1, 2], [3, 4, 5]]
+    reps = torch.randn(len(TITLES), 32)
+    batch = reasoning_batch(tok, reps, hist, TITLES, GENRES, targets=[6, 7])
+    loss = model.reasoning_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and model.reasoning.q.weight.grad.abs().sum() > 0
+    gen = reasoning_batch(tok, reps, hist, TITLES, GENRES)
+    trie = title_trie(tok, TITLES)
+    items, _ = model.beam_search(gen, trie, exclude=hist, num_beams=4)
+    assert all(len(i) == len(set(i)) == 4 and not set(i) & set(h) for i, h in zip(items, hist))
+    assert [i[0] for i in model.beam_search(gen, trie, exclude=hist, num_beams=1)[0]] == \
+        _naive_constrained_greedy(model, gen, trie, hist, trie.longest)
+    paths = title_paths(tok, TITLES)
+    fast = model.score_candidates(gen, [[6, 7, 8], [9, 13]], paths)
+    slow = model.score_candidates(gen, [[6, 7, 8], [9, 13]], paths, reuse_cache=False)
+    assert all(np.allclose(a, b, atol=1e-4) for a, b in zip(fast, slow))

@@ -8,7 +8,7 @@ from test_lancer import CharTokenizer
 
 from recutils.data import prepare
 from recutils.evaluation import Evaluator
-from recutils.models.lancer import LANCERConfig, map_generations, pooled_token_embeddings
+from recutils.models.lancer import LANCERConfig
 from recutils.pipelines import lancer as pipe
 from recutils.training import fit
 
@@ -48,34 +48,38 @@ def test_item_content_writes_year_and_genres_and_the_title_as_completion():
     prompt, completion = pipe.item_content(data.items, i, description=False)
     row = data.items.iloc[i]
     assert completion == " " + row["title"]
-    assert f"year : {int(row['year'])}" in prompt and prompt.endswith("title :")
+    assert f"released in {int(row['year'])}" in prompt and prompt.endswith("title :")
     assert "genres : " + ", ".join(row["genres"]) in prompt
+    # the year never follows the " :" that precedes the title
+    assert f": {int(row['year'])}" not in prompt
 
 
 @pytest.fixture(scope="module")
 def lancer_run():
-    """Every stage of a LANCER run on 8 toy users (one epoch each, LoRA in stage 2)."""
-    data = prepare(make_raw(n_users=8, n_items=24, length=(5, 8)))
-    setup = pipe.LANCERSetup(knowledge_items=6, valid_items=4, train_examples=6, valid_users=2,
-                             eval_users=3, eval_batch=2, description=False, lora_r=2)
+    """Every stage of a LANCER run on 8 toy users (two chunks each, LoRA in stage 2, ablations)."""
+    data = prepare(make_raw(n_users=8, n_items=40, length=(5, 8)))
+    setup = pipe.LANCERSetup(knowledge_items=6, valid_items=4, train_examples=6, chunks=2,
+                             valid_users=2, eval_users=3, eval_batch=2, description=False,
+                             lora_r=2)
     config = LANCERConfig(n_prefix=3, mlp_hidden=16, attn_dim=8, dropout=0.0, max_slots=2,
-                          max_genres=1, beams=2, max_new_tokens=3, top_k=4)
+                          max_genres=1, beams=3, top_k=3)
     ev, va = pipe.sample_users(data.n_users, setup, seed=0)
     run = pipe.LANCERRun(data, tiny_llama(), CharTokenizer(), config, setup, ev, va,
                          device="cpu", seed=0)
-    stage = pipe.stage_config(1, 1e-2, 4)
-    run.train_knowledge(stage)
+    stage = pipe.stage_config(2, 1e-2, 2)
+    init = run.init_check()
+    run.train_knowledge(pipe.stage_config(1, 1e-2, 4))
     cos = run.embed_items()
     stage1 = run.train_stage1(stage)
     for name in pipe.STAGE1:
         run.generate(name)
     run.train_stage2(stage)
     run.generate("LANCER")
-    return run, cos, stage1
+    return run, cos, stage1, init
 
 
 def test_knowledge_validation_items_are_held_out(lancer_run):
-    run, _, _ = lancer_run
+    run = lancer_run[0]
     k_items, valid_items = run.knowledge_items()
     assert len(k_items) == 6 and len(valid_items) == 4
     assert not set(k_items) & set(valid_items)
@@ -83,8 +87,17 @@ def test_knowledge_validation_items_are_held_out(lancer_run):
     assert set(k_items) <= train_items and set(valid_items) <= train_items
 
 
+def test_initial_prefix_check_reports_the_three_title_losses(lancer_run):
+    init = lancer_run[3]
+    assert set(init) == {"title NLL, no prefix", "title NLL, random prefix",
+                         "title NLL, initial prefix"}
+    assert all(np.isfinite(v) and v > 0 for v in init.values())
+    after = lancer_run[0].init_check()
+    assert "next-title NLL, initial user prefix" in after
+
+
 def test_item_representations_cover_exactly_the_slot_items(lancer_run):
-    run, cos, _ = lancer_run
+    run, cos = lancer_run[:2]
     used = {int(i) for u in run.eval_users for i in run.test_in[u][-2:]}
     nonzero = set(torch.nonzero(run.reps[True].abs().sum(1)).flatten().tolist())
     assert used <= nonzero and 0 not in nonzero and len(nonzero) == run.n_encoded
@@ -94,9 +107,9 @@ def test_item_representations_cover_exactly_the_slot_items(lancer_run):
 
 
 def test_variants_switch_prefixes_and_reasoning_slots(lancer_run):
-    run, _, stage1 = lancer_run
+    run, _, stage1, _ = lancer_run
     assert list(stage1) == list(pipe.STAGE1)
-    assert all(h.before is not None and len(h.epochs) == 1 for h in stage1.values())
+    assert all(h.before is not None and len(h.epochs) == 2 for h in stage1.values())
     reps = run.set_variant("w/o knowledge prompt", trained=False)
     assert reps is run.reps[False] and run.model.use_reasoning
     for k, v in run.model.knowledge.state_dict().items():
@@ -108,26 +121,75 @@ def test_variants_switch_prefixes_and_reasoning_slots(lancer_run):
         assert torch.equal(v, saved["knowledge." + k])
 
 
-def test_stage2_adds_lora_only_and_generation_maps_to_items(lancer_run):
-    run, _, _ = lancer_run
+def test_chunks_cut_one_pass_and_the_budget_counts_examples(lancer_run):
+    run = lancer_run[0]
+    make = run._reasoning_batches(run.reps[True], batch_size=2)
+    seen = [len(b["input_ids"]) for e in (0, 1) for b in make(e)]
+    assert sum(seen) == len(run.examples) == 6
+    budget = run.budget()
+    lancer = budget[budget["stage"] == "LANCER"]
+    assert lancer["examples"].tolist() == [0, 3, 6]
+
+
+def test_stage2_adds_lora_only_and_generation_gives_unseen_catalogue_items(lancer_run):
+    run = lancer_run[0]
     assert run.lm_params and all(p.requires_grad for p in run.lm_params)
     names = [n for n, p in run.lm.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n for n in names)
-    assert set(run.generations) == set(pipe.VARIANTS)
-    for gens in run.generations.values():
-        assert len(gens) == 3 and all(len(g) == 2 for g in gens)
-    # predict() ranks the same beams that generate() wrote, mapped by token embeddings
-    item_emb = pooled_token_embeddings(run.item_names, run.tokenizer, run.lm.get_input_embeddings())
-    users = run.eval_users[:2]
-    batch = run.batch([run.test_in[u] for u in users], reps=run.set_variant("LANCER"))
-    gens = run.generations["LANCER"][:2]
-    flat = [t for g in gens for t in g]
-    expected = map_generations(gens, pooled_token_embeddings(flat, run.tokenizer,
-                                                             run.lm.get_input_embeddings()),
-                               item_emb, k=4)
-    assert run.model.predict(batch, item_emb) == expected
-    result = Evaluator(run.data, "test", protocols=("full",), ks=(10,), users=run.eval_users,
-                       seed=0).evaluate_ranked(
-        [run.model.predict(run.batch([run.test_in[u]], reps=run.reps[True]), item_emb)[0]
-         for u in run.eval_users])
-    assert 0.0 <= result.metrics()["full/NDCG@10"] <= 1.0
+    assert set(run.ranked) == set(pipe.VARIANTS)
+    for lists in run.ranked.values():
+        assert len(lists) == 3
+        for u, r in zip(run.eval_users, lists):
+            assert len(r) == len(set(r)) == 3
+            assert all(1 <= i <= run.data.n_items for i in r)
+            assert not set(r) & set(run.test_in[u].tolist())
+    stats = run.list_stats()
+    assert stats["catalogue items"] == 1.0 and stats["history items"] == 0.0
+    # predict() on one user's batch = the list generate() stored for that user
+    u = run.eval_users[0]
+    batch = run.batch([run.test_in[u]], reps=run.set_variant("LANCER"))
+    assert run.model.predict(batch, run.trie, exclude=[run.test_in[u]]) == [run.ranked["LANCER"][0]]
+    results = run.evaluate(Evaluator(run.data, "test", protocols=("full", "full_masked"),
+                                     users=run.eval_users, seed=0))
+    m = results["LANCER"].metrics()
+    assert m["full/NDCG@10"] == m["full_masked/NDCG@10"]  # no history item is ever listed
+
+
+def test_candidate_scoring_ranks_the_target_among_sampled_items(lancer_run):
+    run = lancer_run[0]
+    ev, res = run.candidate_scoring(n_neg=19)
+    assert len(res.users) == 3 and set(res.ranks) == {"sampled19"}
+    assert all(0 <= r <= 19 for r in res.ranks["sampled19"])
+    # the same ranks from an explicit scoring of target + the evaluator's negatives
+    reps = run.set_variant("LANCER")
+    u = res.users[0]
+    cands = [int(ev.targets[0])] + ev.negatives[19][0].tolist()
+    sc = run.model.score_candidates(run.batch([run.test_in[u]], reps=reps), [cands], run.paths,
+                                    reuse_cache=False)[0]
+    assert res.ranks["sampled19"][0] == int((sc[1:] >= sc[0]).sum())
+
+
+def test_reference_rows_random_and_popularity():
+    data = prepare(make_raw(n_users=30, n_items=40))
+    ev = Evaluator(data, "test", protocols=("full",), seed=0)
+    rows = pipe.reference_rows(data, ev, seed=0)
+    again = pipe.reference_rows(data, ev, seed=0)
+    assert np.array_equal(rows["Random list"].ranks["full"], again["Random list"].ranks["full"])
+    counts = data.item_counts()
+    top = int(np.argmax(counts[1:]) + 1)
+    for r, u in zip(rows["Popularity"].ranks["full"], ev.users):
+        if int(data.targets("test")[u]) == top:
+            assert r == 0
+
+
+def test_intervals_and_separability():
+    from recutils.evaluation import EvalResult
+
+    zeros = EvalResult({"full": np.full(50, 100)}, np.arange(50))
+    hits = EvalResult({"full": np.zeros(50, dtype=int)}, np.arange(50))
+    lo, hi = pipe.interval(zeros, "full/HR@10")
+    assert lo == 0.0 and 0.05 < hi < 0.1       # Wilson: 0/50 is not certainly 0
+    assert pipe.separable(hits, zeros, "full/HR@10") == "above"
+    assert pipe.separable(zeros, zeros, "full/NDCG@10") == "not separable at default"
+    table = pipe.results_table({"a": hits, "b": zeros}, ["full/HR@10"])
+    assert table.loc["a", "full/R@10"].startswith("1.0000 [") and table.loc["b", "users"] == 50

@@ -28,8 +28,9 @@ role is the frozen LM, the reasoning role adds LoRA in stage 2).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from recutils.data.text import readable_title
+from recutils.decoding import TokenTrie
 from recutils.progress import track
 
 # --- text -----------------------------------------------------------------------------------
@@ -45,6 +47,11 @@ from recutils.progress import track
 ARROW = " ->"
 PROMPT_HEAD = "A user watched the following movies :"
 PROMPT_TAIL = " ... now the user may want to watch :"
+# A real sentence whose keys/values (read by the frozen LM) initialise both prefixes, so the
+# LM starts from a state it knows instead of random keys/values (ours; see LANCER.anchor).
+ANCHOR_TEXT = ("Here is a list of movies that people watched, one after another. Each movie "
+               "has a title, a year of release and its genres, such as comedy, drama, action "
+               "or romance, and people who like one movie often like similar movies.")
 
 
 def item_title(title: str) -> str:
@@ -56,16 +63,18 @@ def knowledge_prompt(title: str, year, genres: Sequence[str], description: str =
                      max_desc_words: int = 24) -> tuple[str, str]:
     """(prompt, completion) for knowledge training: content text -> the title (eq. 4).
 
-    ``"{description} : year : {year} : genres : {genres} : title :"`` then ``" {title}"``;
-    empty fields are left out (ML-100k has no description).
+    ``"{description} : genres : {genres} : released in {year} : title :"`` then
+    ``" {title}"``; empty fields are left out (ML-100k has no description). The year follows
+    "in", never the " :" that precedes the title: an LM trained on "year : 1995" learns to
+    write numbers after " :" and so would start titles with years.
     """
     parts = []
     if description:
         parts.append(" ".join(description.split()[:max_desc_words]))
-    if year is not None and not (isinstance(year, float) and math.isnan(year)) and str(year) != "<NA>":
-        parts.append(f"year : {int(year)}")
     if len(genres):
         parts.append("genres : " + ", ".join(genres))
+    if year is not None and not (isinstance(year, float) and math.isnan(year)) and str(year) != "<NA>":
+        parts.append(f"released in {int(year)}")
     return " : ".join(parts + ["title :"]), " " + item_title(title)
 
 
@@ -106,6 +115,18 @@ def split_layers(flat: torch.Tensor, config) -> list[tuple[torch.Tensor, torch.T
     return [(x[layer, 0], x[layer, 1]) for layer in range(layers)]
 
 
+def join_layers(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Inverse of :func:`split_layers`: per layer (key, value) [B, H, P, D] -> [B, P, width]."""
+    x = torch.stack([torch.stack([k, v]) for k, v in pairs])          # [L, 2, B, H, P, D]
+    b, p = x.shape[2], x.shape[4]
+    return x.permute(2, 4, 0, 1, 3, 5).reshape(b, p, -1)
+
+
+def cache_pairs(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (key, value) tensors of every layer of a ``DynamicCache``."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
 def make_cache(flat: torch.Tensor, config):
     """A ``DynamicCache`` holding the prefix (fresh for every forward: the LM appends to it)."""
     from transformers import DynamicCache
@@ -117,16 +138,24 @@ def make_cache(flat: torch.Tensor, config):
 
 
 class PrefixEncoder(nn.Module):
-    """Knowledge prompt (eq. 1): ``n`` virtual tokens -> Emb -> MLP -> per-layer key/value pairs."""
+    """Knowledge prompt (eq. 1): ``n`` virtual tokens -> Emb -> MLP -> per-layer key/value pairs.
+
+    The prefix is ``base + MLP(Emb(s))``: ``base`` holds keys/values the frozen LM itself
+    computed for a real sentence and the MLP's last layer starts at zero (:meth:`LANCER.anchor`),
+    so at step 0 the LM reads the prefix like text it has seen, not random keys/values
+    (which raise the title NLL: the reason of this design).
+    """
 
     def __init__(self, config, n_tokens: int = 20, mlp_hidden: int = 256, dropout: float = 0.2) -> None:
         super().__init__()
         layers, kv_heads, head_dim = kv_shape(config)
+        width = 2 * layers * kv_heads * head_dim
         self.n_tokens = n_tokens
         self.embedding = nn.Embedding(n_tokens, config.hidden_size)  # Emb(s^(k))
         nn.init.normal_(self.embedding.weight, std=0.02)
         self.mlp = nn.Sequential(nn.Linear(config.hidden_size, mlp_hidden), nn.Tanh(),
-                                 nn.Linear(mlp_hidden, 2 * layers * kv_heads * head_dim))
+                                 nn.Linear(mlp_hidden, width))
+        self.base = nn.Parameter(torch.zeros(n_tokens, width))  # set by LANCER.anchor
         self.dropout = nn.Dropout(dropout)
 
     def tokens(self) -> torch.Tensor:
@@ -135,7 +164,7 @@ class PrefixEncoder(nn.Module):
 
     def forward(self, batch_size: int) -> torch.Tensor:
         """[batch_size, n, 2 * layers * kv_heads * head_dim]."""
-        flat = self.dropout(self.mlp(self.embedding.weight))
+        flat = self.base + self.dropout(self.mlp(self.embedding.weight))
         return flat.unsqueeze(0).expand(batch_size, -1, -1)
 
 
@@ -150,24 +179,33 @@ class ReasoningPrompt(nn.Module):
     """
 
     def __init__(self, config, attn_dim: int = 256, mlp_hidden: int = 256, dropout: float = 0.2,
-                 ) -> None:
+                 n_slots: int = 10, qk_std: float = 0.03) -> None:
         super().__init__()
         layers, kv_heads, head_dim = kv_shape(config)
         d = config.hidden_size
+        width = 2 * layers * kv_heads * head_dim
         self.q, self.k, self.v = nn.Linear(d, attn_dim), nn.Linear(d, attn_dim), nn.Linear(d, attn_dim)
+        for lin in (self.q, self.k):  # logits of std ~ (qk_std * sqrt(d)) ** 2: not uniform at start
+            nn.init.normal_(lin.weight, std=qk_std)
         self.norm = nn.LayerNorm(d)  # h_i of a 30-layer LM has a large norm
+        self.knorm = nn.LayerNorm(d)  # the knowledge tokens live in the LM's embedding space
         self.r = nn.Linear(attn_dim, mlp_hidden)  # W_r, b_r
-        self.out = nn.Linear(mlp_hidden, 2 * layers * kv_heads * head_dim)
+        self.out = nn.Linear(mlp_hidden, width)
+        self.base = nn.Parameter(torch.zeros(n_slots, width))  # slot keys/values at step 0
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, history: torch.Tensor, knowledge: torch.Tensor,
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """history [B, N, d], knowledge [n, d] -> (prefix [B, N, width], attention [B, N, n])."""
+        n = history.shape[1]
+        if n > self.base.shape[0]:
+            raise ValueError(f"{n} history slots but the reasoning prompt has {self.base.shape[0]}")
         q = self.q(self.norm(history))
-        k, v = self.k(knowledge), self.v(knowledge)
+        kn = self.knorm(knowledge)
+        k, v = self.k(kn), self.v(kn)
         attn = torch.softmax(q @ k.T / math.sqrt(q.shape[-1]), dim=-1)
         psi = torch.tanh(self.r(attn @ v + q))
-        return self.dropout(self.out(psi)), attn
+        return self.base[-n:] + self.dropout(self.out(psi)), attn
 
 
 # --- the model ------------------------------------------------------------------------------
@@ -188,7 +226,23 @@ class LANCERConfig:
     beams: int = 10               # beam width w of generation (paper: 10)
     max_new_tokens: int = 32      # generated tokens per beam (public code: 32 per item)
     length_penalty: float = 1.0   # beam score = log-prob / length ** penalty (Hugging Face: 1.0)
-    top_k: int = 20               # items in the ranked list mapped from the beams
+    top_k: int = 10               # items in the ranked list (one per finished beam; paper: @10)
+    anchor: bool = True           # prefixes start as the LM's keys/values of ANCHOR_TEXT (ours;
+    #                               public code: random prefix embeddings)
+    qk_std: float = 0.03          # init std of the reasoning attention's W_q, W_k (ours)
+    bf16: bool = False            # bf16 autocast of the LM's matmuls (paper: fp32; True at default)
+    score_chunk: int = 32         # candidate titles per forward in candidate scoring (ours)
+
+
+def title_paths(tokenizer, names: Sequence[str]) -> dict[int, list[int]]:
+    """Token path of every catalogue item (row = item id; "" = no item): ``" title"`` + eos."""
+    return {i: tokenizer(" " + n, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            for i, n in enumerate(names) if n}
+
+
+def title_trie(tokenizer, names: Sequence[str]) -> TokenTrie:
+    """The :class:`~recutils.decoding.TokenTrie` over the catalogue titles (done token: eos)."""
+    return TokenTrie(title_paths(tokenizer, names), done_token=tokenizer.eos_token_id)
 
 
 class LANCER(nn.Module):
@@ -209,9 +263,43 @@ class LANCER(nn.Module):
             p.requires_grad_(False)
         self.config = lm.config
         self.knowledge = PrefixEncoder(lm.config, cfg.n_prefix, cfg.mlp_hidden, cfg.dropout)
-        self.reasoning = ReasoningPrompt(lm.config, cfg.attn_dim, cfg.mlp_hidden, cfg.dropout)
+        self.reasoning = ReasoningPrompt(lm.config, cfg.attn_dim, cfg.mlp_hidden, cfg.dropout,
+                                         n_slots=cfg.max_slots or cfg.max_items, qk_std=cfg.qk_std)
         self.use_reasoning = use_reasoning
         self.register_buffer("item_reps", torch.zeros(0), persistent=False)
+        if cfg.anchor:
+            self.anchor(ANCHOR_TEXT)
+
+    def autocast(self):
+        """bf16 autocast on the model's device when ``cfg.bf16`` (a no-op context otherwise)."""
+        if not self.cfg.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.knowledge.base.device.type, dtype=torch.bfloat16)
+
+    @torch.no_grad()
+    def anchor(self, text: str, init_scale: float = 0.01) -> None:
+        """Initialise both prefixes from the frozen LM reading ``text`` (repeated if short).
+
+        Knowledge prefix base = the LM's keys/values of the first ``n`` tokens, knowledge
+        token embeddings = those tokens' input embeddings (the LM's embedding space), reasoning
+        slot bases = the keys/values of the next tokens. The MLPs' last layers are scaled by
+        ``init_scale`` (small, so gradients still reach every layer) and the knowledge base
+        absorbs the MLP's initial output: the knowledge prefix at step 0 (without dropout) is
+        exactly the cache of a real sentence, each reasoning slot that plus a small term.
+        """
+        n, s = self.knowledge.n_tokens, self.reasoning.base.shape[0]
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = (list(ids) * ((n + s) // len(ids) + 1))[:n + s]
+        dev = self.knowledge.base.device
+        ids_t = torch.as_tensor([ids], device=dev)
+        out = self.lm.base_model(input_ids=ids_t, use_cache=True)
+        flat = join_layers(cache_pairs(out.cache)).float()[0]
+        self.knowledge.embedding.weight.copy_(self.lm.get_input_embeddings()(ids_t[0, :n]))
+        for lin in (self.knowledge.mlp[-1], self.reasoning.out):
+            lin.weight.mul_(init_scale)
+            lin.bias.zero_()
+        self.knowledge.base.copy_(flat[:n] - self.knowledge.mlp(self.knowledge.embedding.weight))
+        self.reasoning.base.copy_(flat[n:])
 
     # --- LM under a prefix ------------------------------------------------------------------
     def _run(self, input_ids, attention_mask, prefix, prefix_mask, cache=None):
@@ -220,9 +308,15 @@ class LANCER(nn.Module):
         pos = (full_mask.cumsum(1) - 1).clamp(min=0)[:, prefix.shape[1]:]
         if cache is None:
             cache = make_cache(prefix, self.config)
-        out = self.lm.base_model(input_ids=input_ids, attention_mask=full_mask, position_ids=pos,
-                                 cache=cache, use_cache=True)
+        with self.autocast():
+            out = self.lm.base_model(input_ids=input_ids, attention_mask=full_mask,
+                                     position_ids=pos, cache=cache, use_cache=True)
         return out.last_hidden_state, out.cache
+
+    def _logp(self, hidden: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            logits = self.lm.get_output_embeddings()(hidden)
+        return torch.log_softmax(logits.float(), -1)
 
     def prefix_lm_loss(self, batch: dict, prefix: torch.Tensor, prefix_mask: torch.Tensor) -> torch.Tensor:
         """Mean next-token NLL over completion tokens (labels != -100): padding never counts."""
@@ -231,12 +325,19 @@ class LANCER(nn.Module):
         keep = labels != -100
         if not keep.any():
             raise ValueError("no completion token in the batch: every label is -100")
-        logits = self.lm.get_output_embeddings()(hidden[:, :-1][keep])
+        with self.autocast():
+            logits = self.lm.get_output_embeddings()(hidden[:, :-1][keep])
         return F.cross_entropy(logits.float(), labels[keep])
 
     def knowledge_prefix(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         prefix = self.knowledge(batch_size)
         return prefix, torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
+
+    def empty_prefix(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A prefix of length 0 (the LM alone)."""
+        dev = self.knowledge.base.device
+        prefix = torch.zeros(batch_size, 0, self.knowledge.base.shape[1], device=dev)
+        return prefix, torch.zeros(prefix.shape[:2], dtype=torch.long, device=dev)
 
     def user_prefix(self, history_reps: torch.Tensor, history_mask: torch.Tensor,
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -267,7 +368,7 @@ class LANCER(nn.Module):
         """
         was = self.training
         self.eval()
-        dev = self.knowledge.embedding.weight.device
+        dev = self.knowledge.base.device
         out, batch_size = [], self.cfg.embed_batch
         for s in track(range(0, len(texts), batch_size), "h_i (item representations)",
                        unit="batch", disable=not progress):
@@ -275,12 +376,8 @@ class LANCER(nn.Module):
                                  add_special_tokens=False).to(dev)
             if self.tokenizer.padding_side != "left":
                 raise ValueError("embed_titles needs a left-padding tokenizer")
-            if with_prefix:
-                prefix, pmask = self.knowledge_prefix(enc["input_ids"].shape[0])
-            else:
-                prefix = torch.zeros(enc["input_ids"].shape[0], 0,
-                                     self.knowledge.mlp[-1].out_features, device=dev)
-                pmask = torch.zeros(prefix.shape[:2], dtype=torch.long, device=dev)
+            b = enc["input_ids"].shape[0]
+            prefix, pmask = self.knowledge_prefix(b) if with_prefix else self.empty_prefix(b)
             hidden, _ = self._run(enc["input_ids"], enc["attention_mask"], prefix, pmask)
             out.append(hidden[:, -1].float())
         self.train(was)
@@ -293,79 +390,149 @@ class LANCER(nn.Module):
         return self.prefix_lm_loss(batch, prefix, pmask)
 
     @torch.no_grad()
-    def beam_search(self, batch: dict, num_beams: int | None = None,
-                    max_new_tokens: int | None = None, length_penalty: float | None = None,
-                    ) -> list[list[str]]:
-        """Beam search (eq. 6-7) under each user's prefix; ``num_beams`` texts per user, best first.
+    def beam_search(self, batch: dict, trie: TokenTrie,
+                    exclude: Sequence[Collection[int]] | None = None,
+                    num_beams: int | None = None, max_new_tokens: int | None = None,
+                    length_penalty: float | None = None,
+                    ) -> tuple[list[list[int]], list[list[str]]]:
+        """Beam search (eq. 6-7) constrained to catalogue titles: (items, texts) per user, best first.
 
-        The prompt is pre-filled once per user and the cache copied to the beams. Finished
-        beams (end-of-text) keep their score; the final order is by log-probability divided by
-        length ** ``length_penalty`` (Hugging Face's convention).
+        Every step keeps only the tokens that continue some title of ``trie`` whose item is not
+        in ``exclude[user]`` (the history), so a beam is a catalogue title or nothing; a beam ends
+        at the end-of-text token that closes its first title. Finished beams keep their score;
+        the final order is by log-probability / length ** ``length_penalty``. The prompt is
+        pre-filled once per user and its cache copied to the beams. Distinct beams are distinct
+        token paths, hence distinct items; a beam still unfinished after ``max_new_tokens``
+        (default: the longest title) is dropped.
         """
         self.eval()
-        num_beams = num_beams or self.cfg.beams
-        max_new_tokens = max_new_tokens or self.cfg.max_new_tokens
+        w = num_beams or self.cfg.beams
+        steps = max_new_tokens or max(self.cfg.max_new_tokens, trie.longest)
         length_penalty = self.cfg.length_penalty if length_penalty is None else length_penalty
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        b, w = ids.shape[0], num_beams
-        eos = self.tokenizer.eos_token_id
+        b, dev = ids.shape[0], ids.device
+        exclude = [set(e) for e in exclude] if exclude is not None else [set()] * b
+        eos = trie.done_token
         prefix, pmask, _ = self.user_prefix(batch["history_reps"], batch["history_mask"])
         hidden, cache = self._run(ids, mask, prefix, pmask)
-        logp = torch.log_softmax(self.lm.get_output_embeddings()(hidden[:, -1]).float(), -1)
+        logp = self._logp(hidden[:, -1])
         vocab = logp.shape[-1]
-        scores, tokens = logp.topk(w, dim=-1)                                   # [B, w]
+
+        def constrain(lp: torch.Tensor, rows: list[list[int]], owners: list[int]) -> torch.Tensor:
+            allowed = torch.zeros_like(lp, dtype=torch.bool)
+            for r, (seq, u) in enumerate(zip(rows, owners)):
+                allowed[r, trie.allowed(seq, exclude[u])] = True
+            return lp.masked_fill(~allowed, float("-inf"))
+
+        logp = constrain(logp, [[]] * b, list(range(b)))
+        scores, tokens = logp.topk(min(w, vocab), dim=-1)                        # [B, w]
         seqs = tokens.reshape(b * w, 1)
         scores = scores.reshape(b * w)
-        done = seqs[:, -1] == eos
-        lengths = torch.ones(b * w, device=ids.device)
+        owners = [r // w for r in range(b * w)]
+        done = (seqs[:, -1] == eos) | torch.isinf(scores)
+        lengths = torch.ones(b * w, device=dev)
         cache.batch_repeat_interleave(w)
         full_mask = torch.cat([pmask, mask], 1).repeat_interleave(w, 0)
         last_pos = (full_mask.cumsum(1) - 1)[:, -1]
-        for step in range(1, max_new_tokens):
+        for step in range(1, steps):
             if bool(done.all()):
                 break
             full_mask = torch.cat([full_mask, torch.ones_like(full_mask[:, :1])], 1)
-            out = self.lm.base_model(input_ids=seqs[:, -1:], attention_mask=full_mask,
-                                     position_ids=(last_pos + step).unsqueeze(1),
-                                     cache=cache, use_cache=True)
+            with self.autocast():
+                out = self.lm.base_model(input_ids=seqs[:, -1:], attention_mask=full_mask,
+                                         position_ids=(last_pos + step).unsqueeze(1),
+                                         cache=cache, use_cache=True)
             cache = out.cache
-            logp = torch.log_softmax(
-                self.lm.get_output_embeddings()(out.last_hidden_state[:, -1]).float(), -1)
+            logp = constrain(self._logp(out.last_hidden_state[:, -1]), seqs.tolist(), owners)
             frozen = torch.full_like(logp, float("-inf"))
             frozen[:, eos] = 0.0
             logp = torch.where(done.unsqueeze(1), frozen, logp)
             cand = (scores.unsqueeze(1) + logp).view(b, w * vocab)
             top, idx = cand.topk(w, dim=-1)
-            beam = (idx // vocab) + torch.arange(b, device=ids.device).unsqueeze(1) * w
+            beam = (idx // vocab) + torch.arange(b, device=dev).unsqueeze(1) * w
             beam, tok = beam.reshape(-1), (idx % vocab).reshape(-1)
             cache.reorder_cache(beam)
             lengths = lengths[beam] + (~done[beam]).float()
-            done = done[beam] | (tok == eos)
-            seqs = torch.cat([seqs[beam], tok.unsqueeze(1)], 1)
             scores = top.reshape(-1)
+            done = done[beam] | (tok == eos) | torch.isinf(scores)
+            seqs = torch.cat([seqs[beam], tok.unsqueeze(1)], 1)
         final = (scores / lengths.pow(length_penalty)).view(b, w)
         order = final.argsort(dim=1, descending=True)
-        texts = self.tokenizer.batch_decode(seqs, skip_special_tokens=True)
-        return [[texts[u * w + int(j)].strip() for j in order[u]] for u in range(b)]
+        rows = seqs.tolist()
+        items, texts = [], []
+        for u in range(b):
+            its, txt = [], []
+            for j in order[u].tolist():
+                r = u * w + j
+                item = trie.item(rows[r]) if bool(done[r]) and not math.isinf(float(scores[r])) else None
+                if item is not None and item not in its:
+                    its.append(item)
+                    txt.append(self.tokenizer.batch_decode([rows[r]], skip_special_tokens=True)[0].strip())
+            items.append(its)
+            texts.append(txt)
+        return items, texts
 
-    def generate(self, batch: dict) -> list[list[str]]:
-        """The first generated item of each beam (eq. 7), ``cfg.beams`` texts per user, best first."""
-        return [[first_item(t) for t in beams] for beams in self.beam_search(batch)]
+    def predict(self, batch: dict, trie: TokenTrie,
+                exclude: Sequence[Collection[int]] | None = None) -> list[list[int]]:
+        """Ranked item ids per user (eq. 6-7 under the catalogue trie; at most ``cfg.top_k``)."""
+        return [its[:self.cfg.top_k] for its in self.beam_search(batch, trie, exclude)[0]]
 
+    # --- candidate scoring: log-likelihood of given titles -------------------------------------
     @torch.no_grad()
-    def predict(self, batch: dict, item_emb: np.ndarray, k: int | None = None,
-                ) -> list[list[int]]:
-        """Ranked item ids per user (eq. 6-9): beams -> first items -> nearest catalogue items.
+    def score_candidates(self, batch: dict, candidates: Sequence[Sequence[int]],
+                         paths: dict[int, list[int]], reuse_cache: bool = True,
+                         chunk: int | None = None) -> list[np.ndarray]:
+        """Log-likelihood of each candidate's title (``paths[item]``, eos included) given the
+        user's prompt and prefix: one array per user, in ``candidates`` order.
 
-        ``item_emb`` holds the max-pooled token embeddings of the catalogue titles
-        (:func:`pooled_token_embeddings`, row = item id); the list has ``k`` (default
-        ``cfg.top_k``) items, duplicates removed.
+        With ``reuse_cache`` the prompt is encoded once per user and its key/value cache is
+        copied to every chunk of candidates (only the title tokens run through the LM);
+        without it every candidate re-reads prompt + title (the reference the reuse must match).
         """
-        gens = self.generate(batch)
-        flat = [t for g in gens for t in g]
-        emb = pooled_token_embeddings(flat, self.tokenizer, self.lm.get_input_embeddings())
-        return map_generations(gens, emb, item_emb, k=k or self.cfg.top_k)
+        self.eval()
+        chunk = chunk or self.cfg.score_chunk
+        prefix, pmask, _ = self.user_prefix(batch["history_reps"], batch["history_mask"])
+        out = []
+        for u, cands in enumerate(candidates):
+            keep = batch["attention_mask"][u].bool()
+            ids_u = batch["input_ids"][u][keep].unsqueeze(0)
+            p_u, m_u = prefix[u:u + 1], pmask[u:u + 1]
+            full = torch.cat([m_u, torch.ones_like(ids_u)], 1)
+            if reuse_cache:
+                hidden, cache = self._run(ids_u, torch.ones_like(ids_u), p_u, m_u)
+                first = self._logp(hidden[0, -1])
+                pairs = [(k.detach(), v.detach()) for k, v in cache_pairs(cache)]
+            scores = []
+            for s in range(0, len(cands), chunk):
+                part = [paths[int(i)] for i in cands[s:s + chunk]]
+                c, t = len(part), max(len(p) for p in part)
+                tok = torch.zeros(c, t, dtype=torch.long, device=ids_u.device)
+                tmask = torch.zeros(c, t, dtype=torch.long, device=ids_u.device)
+                for r, p in enumerate(part):
+                    tok[r, :len(p)] = torch.as_tensor(p)
+                    tmask[r, :len(p)] = 1
+                if reuse_cache:
+                    from transformers import DynamicCache
 
+                    cc = DynamicCache(config=self.config)
+                    for layer, (k, v) in enumerate(pairs):
+                        cc.update(k.expand(c, -1, -1, -1).contiguous(),
+                                  v.expand(c, -1, -1, -1).contiguous(), layer)
+                    pos = full.sum(1) + torch.arange(t, device=tok.device).unsqueeze(0)
+                    with self.autocast():
+                        h = self.lm.base_model(input_ids=tok, attention_mask=torch.cat(
+                            [full.expand(c, -1), tmask], 1), position_ids=pos.expand(c, -1),
+                            cache=cc, use_cache=True).last_hidden_state
+                    lp = torch.cat([first.expand(c, 1, -1), self._logp(h[:, :-1])], 1)
+                else:
+                    seq = torch.cat([ids_u.expand(c, -1), tok], 1)
+                    smask = torch.cat([torch.ones_like(ids_u).expand(c, -1), tmask], 1)
+                    h, _ = self._run(seq, smask, p_u.expand(c, -1, -1), m_u.expand(c, -1))
+                    lp = self._logp(h[:, ids_u.shape[1] - 1:-1])
+                tok_lp = lp.gather(2, tok.unsqueeze(2)).squeeze(2)
+                scores.append((tok_lp * tmask).sum(1).cpu().numpy())
+            out.append(np.concatenate(scores))
+        return out
 
 # --- batches ----------------------------------------------------------------------------------
 
