@@ -218,7 +218,7 @@ def attention_panels(attention: np.ndarray, boundaries: Sequence[int] = (),
 
 def attention_comparison(maps: dict[str, np.ndarray], boundaries: Sequence[int] = (),
                          item_names: Sequence[str] = (), title: str = "", cmap: str = "viridis",
-                         skip_first: bool = True):
+                         skip_first: bool = True, strata: Sequence[Sequence[int]] = ()):
     """[CLS] attention of several models side by side (the layout of Fig. 1 of Qu et al.).
 
     ``maps`` is {model name: [layers, heads, tokens]}; one column per model, one row per
@@ -227,9 +227,12 @@ def attention_comparison(maps: dict[str, np.ndarray], boundaries: Sequence[int] 
     label the items in that order. Each panel has its own colour scale (the 99th
     percentile), so the pattern, not the absolute level, is compared; with ``skip_first``
     that scale ignores token 0 ([CLS] attending to itself, often most of the mass), which
-    then shows saturated.
+    then shows saturated. ``strata`` (lists of layers) groups the rows: each stratum's layers
+    are labelled with its number and colour, and a coloured bar marks them on the left.
     """
     names = list(maps)
+    stratum_of = {layer: k for k, group in enumerate(strata) for layer in group}
+    colours = plt.get_cmap("tab10").colors
     n_layers, n_heads, n_tokens = np.asarray(maps[names[0]]).shape
     fig, axes = plt.subplots(n_layers, len(names), squeeze=False, sharex=True,
                              figsize=(min(7.5, 1.5 + n_tokens * 0.09) * len(names), 0.6 + 0.9 * n_layers))
@@ -244,7 +247,12 @@ def attention_comparison(maps: dict[str, np.ndarray], boundaries: Sequence[int] 
                 ax.axvline(b - 0.5, color="white", lw=1.0)
             ax.set_yticks([])
             if col == 0:
-                ax.set_ylabel(f"layer {layer}", rotation=0, ha="right", va="center", fontsize=8)
+                k = stratum_of.get(layer)
+                label = f"layer {layer}" if k is None else f"S{k + 1} · layer {layer}"
+                colour = "black" if k is None else colours[k % len(colours)]
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8, color=colour)
+                if k is not None:
+                    ax.spines["left"].set(color=colour, linewidth=4)
         axes[0, col].set_title(name, fontsize=10)
         ends = list(boundaries[1:]) + [n_tokens]
         for k, (a, b) in enumerate(zip(boundaries, ends)):

@@ -208,3 +208,70 @@ def test_attention_stats_are_distributions_and_recency_table():
     rec = ra.recency_table({"same": ref, "reversed": ref[::-1]}, ref)
     assert rec["same"]["pearson r with SASRec"] == pytest.approx(1.0)
     assert rec["reversed"]["pearson r with SASRec"] < 0 and rec["same"]["most recent item"] == 0.5
+
+
+def test_refresh_is_reused_by_the_next_epoch_and_fixed_table_never_encodes():
+    calls = []
+
+    def encode():
+        calls.append(len(calls))
+        return torch.full((2, 2), float(len(calls)))
+
+    batches = el.ReencodedTable(lambda e: [e], torch.zeros(2, 2), encode)
+    list(batches(0))
+    assert float(batches.refresh()[0, 0]) == 1.0        # e.g. to validate after epoch 0
+    list(batches(1))                                    # ... epoch 1 reuses it
+    list(batches(2))                                    # epoch 2 re-encodes again
+    assert calls == [0, 1] and float(batches.table[0, 0]) == 2.0
+    fixed = el.FixedTable(lambda e: [e, e + 1], torch.ones(2, 2))
+    assert [b for e in range(3) for b in fixed(e)] == [0, 1, 1, 2, 2, 3]
+    assert torch.equal(fixed.table, torch.ones(2, 2))
+
+
+def test_stage2_keeps_the_item_table_and_fills_the_budget_curve(study, tiny):
+    valid = Evaluator(tiny, "valid", protocols=("sampled100",), ks=(10,), users=np.arange(10))
+    test = Evaluator(tiny, "test", protocols=("full",), ks=(10,), users=np.arange(10))
+    study.pretrain(study.examples(16, 1, 0), TRAIN)
+    study.save_state("PT")
+    table = study.table()
+    study.budget_point("PT", 2, valid, table)
+    frozen = table.clone()
+    train = TrainConfig(epochs=3, lr=1e-3, batch_size=8, log_steps=True, progress=False)
+    result, used = study.variant(test, study.examples(16, 1, 1), "all", train, table,
+                                 label="s2", stage=2, start="PT", valid=valid)
+    assert used is table and torch.equal(table, frozen)    # stage 2 never re-encodes
+    assert not torch.allclose(study.table(), frozen)       # although the encoder moved
+    budget = study.budget_table()
+    assert list(budget["stage"]) == ["PT", "s2", "s2", "s2"]
+    assert list(budget["steps"]) == [2, 4, 6, 8]           # 2 steps per epoch of 16 / 8
+    assert budget["valid"].between(0, 1).all()
+    assert study.costs["s2"]["stage"] == 2 and len(result.users) == 10
+
+
+def test_stage2_fits_a_handful_of_users(study):
+    """Overfit check: on 12 training pairs, repeated, stage 2's loss falls by over a nat (the
+    fixed table of a random encoder puts items close together, which bounds how far it can fall)."""
+    examples = study.examples(12, 1, 0)
+    table = study.table()
+    train = TrainConfig(epochs=30, lr=3e-3, batch_size=12, log_steps=True, progress=False)
+    h, _ = study.finetune(examples, "all", "overfit", train, table, start="vanilla", stage=2)
+    assert np.mean(h.steps[-3:]) < h.steps[0] - 1.0
+    assert all(a >= b - 0.05 for a, b in zip(h.steps, h.steps[5:]))   # and keeps falling
+
+
+def test_random_weights_control_has_the_shape_but_not_the_weights(study):
+    control = study.random_weights(seed=3)
+    again = study.random_weights(seed=3)
+    a, m = control.state_dict(), study.model.state_dict()
+    assert a.keys() == m.keys() and all(a[k].shape == m[k].shape for k in a)
+    key = "backbone.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(a[key], m[key]) and torch.equal(a[key], again.state_dict()[key])
+
+
+def test_random_scores_and_reference_rows(study, tiny):
+    r = el.RandomScores(tiny.n_items, seed=1).predict(np.arange(4))
+    assert r.shape == (4, tiny.n_items + 1)
+    assert torch.equal(r, el.RandomScores(tiny.n_items, seed=1).predict(np.arange(4)))
+    ev = Evaluator(tiny, "test", protocols=("full",), ks=(10,), users=np.arange(8))
+    study.reference("random", ev, el.RandomScores(tiny.n_items, 0))
+    assert study.costs["random"]["reference"] and study.tuning_seconds() == 0

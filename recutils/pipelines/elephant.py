@@ -100,10 +100,40 @@ class ReencodedTable:
     def __init__(self, batches: Callable[[int], Iterable], table: torch.Tensor,
                  encode: Callable[[], torch.Tensor]) -> None:
         self.batches, self.table, self.encode = batches, table, encode
+        self.fresh = False   # True: ``table`` already holds the current weights' encodings
+
+    def refresh(self) -> torch.Tensor:
+        """Re-encode now (e.g. to validate); the next epoch then reuses this table."""
+        self.table, self.fresh = self.encode(), True
+        return self.table
 
     def __call__(self, epoch: int):
-        if epoch > 0:   # stage 1: re-encode the catalogue at the start of every epoch
+        if epoch > 0 and not self.fresh:   # stage 1: re-encode at the start of every epoch
             self.table = self.encode()
+        self.fresh = False
+        yield from self.batches(epoch)
+
+
+class RandomScores:
+    """``predict(users)`` with seeded uniform random scores: the random row of a table."""
+
+    def __init__(self, n_items: int, seed: int) -> None:
+        self.n_items, self.generator = n_items, torch.Generator().manual_seed(seed)
+
+    def predict(self, users: np.ndarray) -> torch.Tensor:
+        """Scores [len(users), n_items + 1]."""
+        return torch.rand(len(users), self.n_items + 1, generator=self.generator)
+
+
+class FixedTable:
+    """``batches(epoch)`` for fine-tuning stage 2: the item table stays as given (cached
+    encodings; nothing is re-encoded), so a step costs only the histories' forward and
+    backward passes."""
+
+    def __init__(self, batches: Callable[[int], Iterable], table: torch.Tensor) -> None:
+        self.batches, self.table = batches, table
+
+    def __call__(self, epoch: int):
         yield from self.batches(epoch)
 
 
@@ -120,6 +150,9 @@ class RecFormerStudy:
         self.model, self.catalogue, self.seed, self.device = model, catalogue, seed, device
         self.eval_batch_size = eval_batch_size
         self.train_seqs, self.test_in = data.train_sequences(), data.inputs("test")
+        self.valid_in = data.inputs("valid")
+        self.budget: list[tuple[str, int, float]] = []   # (stage, training steps, valid score)
+        self.steps = 0                                    # training steps of the budget curve
         self.states: dict[str, State] = {"vanilla": clone_state(model)}
         self.curves: dict[str, list[float]] = {}
         self.results: dict[str, EvalResult] = {}
@@ -168,21 +201,56 @@ class RecFormerStudy:
         return h
 
     def finetune(self, examples: list[tuple[int, int]], layers, label: str, train: TrainConfig,
-                 table: torch.Tensor, start: str = "PT") -> tuple[History, list[torch.nn.Parameter]]:
-        """Fine-tuning stage 1 from state ``start`` with only ``layers`` trainable (``"all"``,
-        or layer indices; RecFormer's own embeddings always train). ``table`` is the first
-        epoch's item table; later epochs re-encode it. Per-step losses go to ``curves[label]``.
+                 table: torch.Tensor, start: str | None = "PT", stage: int = 1,
+                 valid: Evaluator | None = None) -> tuple[History, list[torch.nn.Parameter]]:
+        """Fine-tuning from state ``start`` (None: the current weights) with only ``layers``
+        trainable (``"all"``, or layer indices; RecFormer's own embeddings always train).
+
+        ``stage`` 1 (RecFormer's first stage): ``table`` is the first epoch's item table, every
+        later epoch re-encodes the catalogue with the current weights. ``stage`` 2: ``table``
+        stays fixed (cached item encodings; no item is re-encoded). With ``valid`` (an
+        evaluator on the validation split) every epoch is scored on sampled-100 NDCG@10 over
+        the epoch's table, the best epoch is kept (``fit``'s selection) and the scores go to
+        ``budget`` as (training steps so far, score) points. Per-step losses go to
+        ``curves[label]``.
         """
-        self.load_state(start)
+        if start is not None:
+            self.load_state(start)
         params = set_trainable_layers(self.model, layers)
-        batches = ReencodedTable(self._batches(examples, train.batch_size, with_items=False),
-                                 table, self.table)
+        base = self._batches(examples, train.batch_size, with_items=False)
+        batches = ReencodedTable(base, table, self.table) if stage == 1 else FixedTable(base, table)
+        valid_fn, steps0 = None, self.steps
+        if valid is not None:
+            def valid_fn(model) -> float:   # stage 1 scores over a table of the current weights
+                t = batches.refresh() if stage == 1 else batches.table
+                return self.score(valid, t, self.valid_in)
         seed_everything(self.seed)
         h = fit(self.model, batches, train, device=self.device,
                 loss_fn=lambda m, b: finetune_loss(m, b, batches.table), params=params,
-                desc=f"fine-tune {label}")
+                valid_fn=valid_fn, desc=f"fine-tune {label}")
         self.curves[label] = h.steps
+        if valid is not None:
+            per_epoch = -(-len(examples) // train.batch_size)
+            self.budget += [(label, steps0 + per_epoch * (e["epoch"] + 1), e["valid"])
+                            for e in h.epochs]
+            self.steps = steps0 + per_epoch * (h.best_epoch + 1)   # the weights kept
         return h, params
+
+    def score(self, evaluator: Evaluator, table: torch.Tensor, histories=None,
+              key: str = "sampled100/NDCG@10") -> float:
+        """``key`` of the current weights over ``table`` (inputs: ``histories``, default test)."""
+        c = self.catalogue
+        r = RecFormerRecommender(self.model, self.test_in if histories is None else histories,
+                                 table, c.tokens, c.cls_id, c.pad_id, self.device)
+        return evaluator.evaluate(r, batch_size=self.eval_batch_size).metrics()[key]
+
+    def budget_point(self, label: str, steps: int, evaluator: Evaluator, table: torch.Tensor
+                     ) -> float:
+        """Add one (label, training steps, validation score) point of the budget curve."""
+        self.steps = steps
+        value = self.score(evaluator, table, self.valid_in)
+        self.budget.append((label, steps, value))
+        return value
 
     # --- evaluation
     def recommender(self, table: torch.Tensor) -> RecFormerRecommender:
@@ -194,6 +262,12 @@ class RecFormerStudy:
     def evaluate(self, evaluator: Evaluator, table: torch.Tensor) -> EvalResult:
         return evaluator.evaluate(self.recommender(table), batch_size=self.eval_batch_size)
 
+    def reference(self, label: str, evaluator: Evaluator, recommender) -> EvalResult:
+        """A reference row (random, popularity) on the same users, beside the RecFormer rows."""
+        self.results[label] = evaluator.evaluate(recommender)
+        self.costs[label] = {"train_seconds": 0.0, "trainable": 0, "reference": True}
+        return self.results[label]
+
     def evaluate_as(self, label: str, evaluator: Evaluator, table: torch.Tensor,
                     train_seconds: float = 0.0) -> EvalResult:
         """Evaluate the current weights untuned; the row ``label`` has no trainable weight."""
@@ -202,24 +276,42 @@ class RecFormerStudy:
         return self.results[label]
 
     def variant(self, evaluator: Evaluator, examples: list[tuple[int, int]], layers,
-                train: TrainConfig, table: torch.Tensor, label: str | None = None
+                train: TrainConfig, table: torch.Tensor, label: str | None = None,
+                stage: int = 1, start: str = "PT", valid: Evaluator | None = None
                 ) -> tuple[EvalResult, torch.Tensor]:
-        """One row of the layer-freezing table: :meth:`finetune` ``layers`` from PT, re-encode
-        the catalogue, evaluate. Returns the result and the tuned item table."""
+        """One row of the layer-freezing table: :meth:`finetune` ``layers`` from ``start``,
+        then evaluate. After stage 1 the catalogue is re-encoded with the tuned weights; after
+        stage 2 the fixed ``table`` is kept. Returns the result and the item table used."""
         if label is None:
             label = layers if isinstance(layers, str) else ",".join(map(str, layers))
-        h, params = self.finetune(examples, layers, label, train, table)
+        h, params = self.finetune(examples, layers, label, train, table, start=start,
+                                  stage=stage, valid=valid)
         t0 = time.perf_counter()
-        tuned = self.table()
+        tuned = self.table() if stage == 1 else table
         self.results[label] = self.evaluate(evaluator, tuned)
         self.costs[label] = {"train_seconds": h.seconds, "eval_seconds": time.perf_counter() - t0,
-                             "trainable": sum(p.numel() for p in params)}
+                             "trainable": sum(p.numel() for p in params), "stage": stage,
+                             "steps": len(h.steps)}
         return self.results[label], tuned
+
+    def budget_table(self) -> pd.DataFrame:
+        """The budget curve: one row per (stage, training steps, validation score) point."""
+        return pd.DataFrame(self.budget, columns=["stage", "steps", "valid"])
+
+    def random_weights(self, seed: int) -> RecFormer:
+        """The control of the attention analyses: a RecFormer of the same shape whose backbone
+        has freshly initialised (random) weights (``AutoModel.from_config``, seeded)."""
+        backbone = self.model.backbone
+        kw = {"add_pooling_layer": backbone.pooler is not None} if hasattr(backbone, "pooler") else {}
+        torch.manual_seed(seed)
+        bb = type(backbone)(copy.deepcopy(backbone.config), **kw)   # its own random init
+        return RecFormer(bb, self.model.config).to(self.device).eval()
 
     def tuning_seconds(self) -> float:
         """Training + evaluation time of every fine-tuned row."""
         return sum(c.get("train_seconds", 0) + c.get("eval_seconds", 0)
-                   for k, c in self.costs.items() if not k.startswith("none"))
+                   for k, c in self.costs.items()
+                   if not k.startswith("none") and not c.get("reference"))
 
     def layer_table(self, keys: Sequence[str], ci_key: str = "sampled100/NDCG@10") -> pd.DataFrame:
         """One row per evaluated label: ``keys`` metrics, trainable parameters, a 95% CI."""
