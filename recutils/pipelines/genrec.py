@@ -113,7 +113,7 @@ class RankingCurve(Callback):
 
 
 def sanity_checks(pipe: GenRecPipeline, model: GenRec, seed: int, valid: Evaluator,
-                  n_overfit: int = 16, steps: int = 150, lr: float = 1e-2) -> dict[str, float]:
+                  n_overfit: int = 16, steps: int = 150, lr: float = 3e-3) -> dict[str, float]:
     """Three checks that rule out bugs before blaming scale.
 
     * step 0: the untrained model's fine-tuning loss per token vs ``ln(vocabulary)`` (a
