@@ -251,12 +251,17 @@ class Recorder:
         os.replace(tmp, self.results_path)
 
 
-def claim(claim: str, paper: str, ours: str, holds: bool | None, note: str = "") -> dict:
+def claim(claim: str, paper: str, ours: str, holds: bool | None, note: str = "",
+          separable: bool = True) -> dict:
     """One row of a notebook's closing table: claim / paper's number / ours / holds?
 
     ``holds`` is computed by the notebook from its numbers (None = cannot be judged here).
+    ``separable=False`` (the two sides' 95% intervals overlap) turns a yes or no into
+    "not separable at this scale": an ordering the intervals cannot tell apart is no verdict.
     """
     verdict = {True: "yes", False: "no", None: "n/a"}[holds]
+    if holds is not None and not separable:
+        verdict = "not separable at this scale"
     return {"claim": claim, "paper": paper, "ours": ours, "holds": verdict, "note": note}
 
 

@@ -99,3 +99,12 @@ def test_recorder_records_threads_load_and_wall_time(tmp_path):
     assert len(run["load_average_start"]) == 3 and run["load_average_max"][0] >= 0
     assert data["versions"]["torch"].startswith("2.13") and "transformers" in data["versions"]
     assert "smoke" in rec.run_summary() and "torch threads" in rec.run_summary()
+
+
+def test_claim_with_overlapping_intervals_is_not_separable():
+    from recutils.notebook import claim
+    assert claim("a beats b", "1 vs 2", "0.3 vs 0.2", True)["holds"] == "yes"
+    for holds in (True, False):
+        assert claim("a beats b", "", "", holds, separable=False)["holds"] == \
+            "not separable at this scale"
+    assert claim("a beats b", "", "", None, separable=False)["holds"] == "n/a"
