@@ -442,7 +442,8 @@ def claim_rows(results: dict[str, EvalResult], group: np.ndarray, trainable: int
         overlap = not (la > ub or lb > ua)
         return claim(text, paper, f"{ha.mean():.3f} vs {hb.mean():.3f} ({len(ha)} users)",
                      bool(ha.mean() > hb.mean()),
-                     "intervals overlap" if overlap else "intervals separate")
+                     "intervals overlap" if overlap else "intervals separate",
+                     separable=not overlap)
 
     rows = [
         row("A-LLMRec beats SASRec (Hit@1)", "Beauty .5809 vs .5298", "A-LLMRec", "SASRec"),
