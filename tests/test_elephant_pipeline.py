@@ -12,6 +12,7 @@ from transformers import BertConfig, BertModel
 from recutils.analysis import recformer_attention as ra
 from recutils.evaluation import EvalResult, Evaluator
 from recutils.models import BERT4RecConfig, SASRecConfig
+from recutils.models.popularity import RandomScores
 from recutils.models.recformer import RecFormer, RecFormerConfig
 from recutils.pipelines import elephant as el
 from recutils.training import TrainConfig
@@ -269,9 +270,9 @@ def test_random_weights_control_has_the_shape_but_not_the_weights(study):
 
 
 def test_random_scores_and_reference_rows(study, tiny):
-    r = el.RandomScores(tiny.n_items, seed=1).predict(np.arange(4))
+    r = RandomScores(tiny.n_items, seed=1).predict(np.arange(4))
     assert r.shape == (4, tiny.n_items + 1)
-    assert torch.equal(r, el.RandomScores(tiny.n_items, seed=1).predict(np.arange(4)))
+    assert torch.equal(r, RandomScores(tiny.n_items, seed=1).predict(np.arange(4)))
     ev = Evaluator(tiny, "test", protocols=("full",), ks=(10,), users=np.arange(8))
-    study.reference("random", ev, el.RandomScores(tiny.n_items, 0))
+    study.reference("random", ev, RandomScores(tiny.n_items, 0))
     assert study.costs["random"]["reference"] and study.tuning_seconds() == 0

@@ -114,17 +114,6 @@ class ReencodedTable:
         yield from self.batches(epoch)
 
 
-class RandomScores:
-    """``predict(users)`` with seeded uniform random scores: the random row of a table."""
-
-    def __init__(self, n_items: int, seed: int) -> None:
-        self.n_items, self.generator = n_items, torch.Generator().manual_seed(seed)
-
-    def predict(self, users: np.ndarray) -> torch.Tensor:
-        """Scores [len(users), n_items + 1]."""
-        return torch.rand(len(users), self.n_items + 1, generator=self.generator)
-
-
 class FixedTable:
     """``batches(epoch)`` for fine-tuning stage 2: the item table stays as given (cached
     encodings; nothing is re-encoded), so a step costs only the histories' forward and
