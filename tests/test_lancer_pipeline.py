@@ -59,8 +59,8 @@ def lancer_run():
     """Every stage of a LANCER run on 8 toy users (two chunks each, LoRA in stage 2, ablations)."""
     data = prepare(make_raw(n_users=8, n_items=40, length=(5, 8)))
     setup = pipe.LANCERSetup(knowledge_items=6, valid_items=4, train_examples=6, chunks=2,
-                             valid_users=2, eval_users=3, eval_batch=2, description=False,
-                             lora_r=2)
+                             valid_users=2, curve_users=2, eval_users=3, eval_batch=2,
+                             description=False, lora_r=2)
     config = LANCERConfig(n_prefix=3, mlp_hidden=16, attn_dim=8, dropout=0.0, max_slots=2,
                           max_genres=1, beams=3, top_k=3)
     ev, va = pipe.sample_users(data.n_users, setup, seed=0)
@@ -129,6 +129,21 @@ def test_chunks_cut_one_pass_and_the_budget_counts_examples(lancer_run):
     budget = run.budget()
     lancer = budget[budget["stage"] == "LANCER"]
     assert lancer["examples"].tolist() == [0, 3, 6]
+
+
+def test_ranking_curve_has_a_point_per_stage2_chunk_and_flat_references(lancer_run):
+    run = lancer_run[0]
+    curve = run.ranking_curve()
+    lancer = curve[curve["method"] == "LANCER"]
+    # stage 1 saw one pass (6 examples); stage 2 adds 3 per chunk, the first point is before it
+    assert lancer["examples"].tolist() == [6, 9, 12]
+    assert set(curve["method"]) == {"LANCER", "Random list", "Popularity"}
+    for name in ("Random list", "Popularity"):
+        part = curve[curve["method"] == name]
+        assert part["examples"].tolist() == [6, 9, 12] and part["valid HR@10"].nunique() == 1
+    assert ((curve["valid HR@10"] >= 0) & (curve["valid HR@10"] <= 1)).all()
+    assert (curve["valid NDCG@10"] <= curve["valid HR@10"] + 1e-12).all()
+    assert len(run.curve_evaluator().users) == 2
 
 
 def test_stage2_adds_lora_only_and_generation_gives_unseen_catalogue_items(lancer_run):

@@ -38,6 +38,7 @@ from recutils.plots import metric_bars
 from recutils.progress import track
 from recutils.reproducibility import seed_everything
 from recutils.training import (
+    EpochHook,
     History,
     TrainConfig,
     count_parameters,
@@ -78,6 +79,8 @@ class LANCERSetup:
     chunks: int = 1                     # each pass is cut into this many "epochs" (validation
     #                                     after each: the budget curve; 1 = one epoch per pass)
     valid_users: int = 500              # validation users whose LM loss selects the epoch
+    curve_users: int = 0                # of those, users whose HR/NDCG@10 (beam search on the
+    #                                     validation item) is measured after each stage-2 chunk
     eval_users: int | None = None       # seeded sample of test users (None: all)
     score_users: int | None = None      # test users of the candidate-scoring protocol (None: all
     #                                     eval users; 0: skip it)
@@ -212,6 +215,7 @@ class LANCERRun:
         self.states: dict[str, dict] = {}
         self.generations: dict[str, list[list[str]]] = {}
         self.gen_seconds: dict[str, float] = {}
+        self.curve: list[dict[str, float]] = []  # stage 2's validation ranking budget curve
         self.train_seqs = data.train_sequences()
         self.valid_in, self.test_in = data.inputs("valid"), data.inputs("test")
 
@@ -376,10 +380,11 @@ class LANCERRun:
         batches = self._valid_batches(reps)
         return lambda m: _valid_loss(m, batches, _reasoning_loss, self.device)
 
-    def _train_reasoning(self, name: str, train: TrainConfig, params, reps) -> History:
+    def _train_reasoning(self, name: str, train: TrainConfig, params, reps,
+                         callbacks=()) -> History:
         hist = fit(self.model, self._reasoning_batches(reps, train.batch_size), train,
                    loss_fn=_reasoning_loss, params=params, valid_fn=self._valid_fn(reps),
-                   device=self.device, desc=name)
+                   device=self.device, desc=name, callbacks=callbacks)
         self.histories[name] = hist
         self.states[name] = {k: v.clone() for k, v in self.model.state_dict().items()
                              if not k.startswith("lm.")}
@@ -423,9 +428,45 @@ class LANCERRun:
         seed_everything(self.seed)
         params = (list(self.model.knowledge.parameters())
                   + list(self.model.reasoning.parameters()) + lm_params)
-        hist = self._train_reasoning("LANCER", train, params, self.reps[True])
-        self.timer["reasoning_stage2"] = hist.seconds
+        reps, hooks = self.reps[True], []
+        if self.setup.curve_users:  # the curve's beam searches are timed apart (ranking_curve)
+            self.curve = [self._curve_point(reps)]
+            hooks = [EpochHook(lambda m, row: self.curve.append(self._curve_point(reps)))]
+        before = self.timer.get("ranking_curve", 0.0)
+        hist = self._train_reasoning("LANCER", train, params, reps, hooks)
+        self.timer["reasoning_stage2"] = (hist.seconds - self.timer.get("ranking_curve", 0.0)
+                                          + before)
         return hist
+
+    def ranking_curve(self) -> pd.DataFrame:
+        """Stage 2's validation HR@10 / NDCG@10 vs reasoning examples seen (stage 1 + 2),
+        with the popularity and random lists on the same validation users."""
+        per, n1 = len(self.examples) / max(1, self.setup.chunks), 0
+        for name in self.stage1[:1]:
+            n1 = int(round(len(self.histories[name].epochs) * per))
+        rows = [{"method": "LANCER", "examples": n1 + int(round(e * per)), **p}
+                for e, p in enumerate(self.curve)]
+        ref = reference_rows(self.data, self.curve_evaluator(), self.seed)
+        for name, r in ref.items():
+            m = r.metrics()
+            rows += [{"method": name, "examples": row["examples"],
+                      "valid HR@10": m["full_masked/HR@10"],
+                      "valid NDCG@10": m["full_masked/NDCG@10"]} for row in rows[:len(self.curve)]]
+        return pd.DataFrame(rows)
+
+    def ranking_curve_figure(self, curve: pd.DataFrame):
+        """The ranking budget curve: LANCER's validation metrics vs examples, references flat."""
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+        n = len(self.valid_users[:self.setup.curve_users])
+        for ax, key in zip(axes, ("valid HR@10", "valid NDCG@10")):
+            for name, part in curve.groupby("method", sort=False):
+                ax.plot(part["examples"], part[key], marker="o" if name == "LANCER" else None,
+                        ls="-" if name == "LANCER" else "--", label=name)
+            ax.set(xlabel="reasoning examples seen (stage 1 + stage 2)", ylabel=key,
+                   title=f"Stage 2 budget curve ({n} validation users)")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        return fig
 
     def budget(self) -> pd.DataFrame:
         """Validation next-title NLL after each chunk of each stage vs training examples seen."""
@@ -436,20 +477,43 @@ class LANCERRun:
         return pd.DataFrame(rows)
 
     # --- generation (eq. 6-7, constrained) and evaluation -------------------------------------
+    def _beam_lists(self, users: np.ndarray, inputs, reps: torch.Tensor, desc: str):
+        """Constrained beam search for ``users`` on their ``inputs`` (history excluded):
+        (ranked item lists, generated texts)."""
+        items, texts, n = [], [], self.setup.eval_batch
+        for s in track(range(0, len(users), n), desc, unit="batch"):
+            part = users[s:s + n]
+            b = to_device(self.batch([inputs[u] for u in part], reps=reps), self.device)
+            its, txt = self.model.beam_search(b, self.trie, exclude=[inputs[u] for u in part])
+            items += [i[:self.cfg.top_k] for i in its]
+            texts += txt
+        return items, texts
+
     def generate(self, name: str) -> list[list[int]]:
         """Constrained beam search for every sampled test user under variant ``name``: the
         ranked unseen catalogue items (texts in ``generations``)."""
         reps = self.set_variant(name)
-        items, texts, t0, n = [], [], time.perf_counter(), self.setup.eval_batch
-        for s in track(range(0, len(self.eval_users), n), f"beam search: {name}", unit="batch"):
-            users = self.eval_users[s:s + n]
-            b = to_device(self.batch([self.test_in[u] for u in users], reps=reps), self.device)
-            its, txt = self.model.beam_search(b, self.trie, exclude=[self.test_in[u] for u in users])
-            items += [i[:self.cfg.top_k] for i in its]
-            texts += txt
+        t0 = time.perf_counter()
+        items, texts = self._beam_lists(self.eval_users, self.test_in, reps, f"beam search: {name}")
         self.gen_seconds[name] = time.perf_counter() - t0
         self.generations[name], self.ranked[name] = texts, items
         return items
+
+    def curve_evaluator(self) -> Evaluator:
+        """The validation users of the ranking budget curve (the first ``curve_users``)."""
+        return Evaluator(self.data, "valid", protocols=("full_masked",),
+                         users=self.valid_users[:self.setup.curve_users], seed=self.seed)
+
+    def _curve_point(self, reps: torch.Tensor) -> dict[str, float]:
+        """Validation HR@10 / NDCG@10 (full ranking, history removed) of the model as it is."""
+        ev, was, t0 = self.curve_evaluator(), self.model.training, time.perf_counter()
+        self.model.eval()
+        with torch.no_grad():
+            lists, _ = self._beam_lists(ev.users, self.valid_in, reps, "budget curve")
+        self.model.train(was)
+        self.timer["ranking_curve"] = self.timer.get("ranking_curve", 0.0) + time.perf_counter() - t0
+        m = ev.evaluate_ranked(lists).metrics()
+        return {"valid HR@10": m["full_masked/HR@10"], "valid NDCG@10": m["full_masked/NDCG@10"]}
 
     def evaluate(self, evaluator: Evaluator) -> dict[str, EvalResult]:
         """Every generated variant's ranked lists on ``evaluator`` (its users = eval_users)."""
