@@ -434,16 +434,15 @@ class LANCERRun:
             hooks = [EpochHook(lambda m, row: self.curve.append(self._curve_point(reps)))]
         before = self.timer.get("ranking_curve", 0.0)
         hist = self._train_reasoning("LANCER", train, params, reps, hooks)
-        self.timer["reasoning_stage2"] = (hist.seconds - self.timer.get("ranking_curve", 0.0)
-                                          + before)
+        curve_in_fit = self.timer.get("ranking_curve", 0.0) - before
+        self.timer["reasoning_stage2"] = hist.seconds - curve_in_fit
         return hist
 
     def ranking_curve(self) -> pd.DataFrame:
         """Stage 2's validation HR@10 / NDCG@10 vs reasoning examples seen (stage 1 + 2),
         with the popularity and random lists on the same validation users."""
-        per, n1 = len(self.examples) / max(1, self.setup.chunks), 0
-        for name in self.stage1[:1]:
-            n1 = int(round(len(self.histories[name].epochs) * per))
+        per = len(self.examples) / max(1, self.setup.chunks)
+        n1 = int(round(len(self.histories[self.stage1[0]].epochs) * per))  # the main stage 1
         rows = [{"method": "LANCER", "examples": n1 + int(round(e * per)), **p}
                 for e, p in enumerate(self.curve)]
         ref = reference_rows(self.data, self.curve_evaluator(), self.seed)
