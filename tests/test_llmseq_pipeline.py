@@ -214,12 +214,19 @@ def test_prompter_trains_through_fit_and_is_scored_on_its_users(tiny, tiny_lm):
     assert len(curve.evaluator.users) == 4
     assert 0 < tuned.curve_seconds < tuned.history.seconds
     assert tuned.train_seconds == pytest.approx(tuned.history.seconds - tuned.curve_seconds)
-    hist_in = curve.evaluator.histories
-    lists = prompter.fill_from_items(prompter.generate_items(hist_in), hist_in)
-    t_valid = tiny.targets("valid")[curve.evaluator.users]
-    hr = np.mean([t in items[:10] for t, items in zip(t_valid, lists)])
+    ev = curve.evaluator
+    assert curve.keys == ("sampled19/HR@5", "sampled19/NDCG@10")
+    ranks = []
+    for row, h in enumerate(ev.histories):   # the target among its 19 negatives, ties against it
+        neg = ev.negatives[19][row].tolist()
+        s = prompter.title_logprobs(h, [int(ev.targets[row]), *neg])
+        ranks.append(int((s[1:] >= s[0]).sum()))
     chosen = curve.points[tuned.history.best_epoch + 1]
-    assert chosen["full_masked/HR@10"] == pytest.approx(hr)
+    assert chosen["sampled19/HR@5"] == pytest.approx(np.mean(np.array(ranks) < 5))
+    assert chosen["sampled19/NDCG@10"] == pytest.approx(
+        np.mean([1 / np.log2(r + 2) if r < 10 else 0 for r in ranks]))
+    with pytest.raises(ValueError, match="curve_kind"):
+        pipeline.train_prompter(prompter, bench, train, 8, 5, 3, 0, "cpu", curve_kind="beams")
     table = curve.table(seed=0, method="LLMSeqPrompt")
     assert table.groupby("method", sort=False).size().to_dict() == {
         "LLMSeqPrompt": 3, "Random list": 3, "Popularity": 3}
@@ -298,8 +305,17 @@ def test_paper_path_loads_an_encoder_and_a_causal_lm_from_folders(tmp_path, tiny
     prompter, _ = pipeline.build_prompter(str(lm_dir), names, config, "cpu")
     bench = pipeline.Bench(tiny, np.arange(tiny.n_users), seed=0)
     train = TrainConfig(batch_size=4, lr=1e-2, patience=2, select="min", progress=False)
-    tuned = pipeline.train_prompter(prompter, bench, train, 8, 4, 3, 0, "cpu", rounds=2)
+    tuned = pipeline.train_prompter(prompter, bench, train, 8, 4, 3, 0, "cpu", rounds=2,
+                                    n_curve=3, curve_kind="generate")
     assert [r["pairs"] for r in tuned.rounds] == [0, 4, 8]
+    # the generation curve: constrained beams filled as at test, full ranking, history masked
+    assert [p["pairs"] for p in tuned.curve.points] == [0, 4, 8]
+    assert tuned.curve.keys == ("full_masked/HR@5", "full_masked/NDCG@10")
+    hist_in = tuned.curve.evaluator.histories
+    lists = prompter.fill_from_items(prompter.generate_items(hist_in), hist_in)
+    t_valid = tiny.targets("valid")[tuned.curve.evaluator.users]
+    assert tuned.curve.points[tuned.history.best_epoch + 1]["full_masked/HR@5"] == pytest.approx(
+        np.mean([t in items[:5] for t, items in zip(t_valid, lists)]))
     gen = pipeline.evaluate_prompter(prompter, bench, tuned.users, LLMSeqSim(names.emb), {},
                                      "cpu", rescore=(), n_free=2)
     inputs = tiny.inputs("test")

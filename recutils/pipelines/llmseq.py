@@ -306,8 +306,8 @@ def _finite_parts(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def train_prompter(prompter: LLMSeqPrompt, bench: Bench, train: TrainConfig,
                    n_examples: int | None, n_users: int, n_valid: int, seed: int,
-                   device: torch.device | str, rounds: int = 4, n_curve: int = 0
-                   ) -> PromptTraining:
+                   device: torch.device | str, rounds: int = 4, n_curve: int = 0,
+                   curve_kind: str = "likelihood") -> PromptTraining:
     """LoRA-tune on ``n_examples`` distinct seeded training pairs, each seen once.
 
     The pairs are shuffled once and cut into ``rounds`` slices; each slice is one "epoch"
@@ -315,8 +315,11 @@ def train_prompter(prompter: LLMSeqPrompt, bench: Bench, train: TrainConfig,
     users, lower is better, the untrained model included) comes after more *distinct* pairs
     rather than another pass over the same ones. ``fit`` keeps the best round (patience
     ``train.patience``). Picks ``n_users`` seeded test users for generation. ``n_curve > 0``:
-    after every round, constrained generation (filled as at test) for ``n_curve`` seeded
-    validation users, scored into ``PromptTraining.curve`` (the ranking budget curve).
+    after every round, ``n_curve`` seeded validation users are ranked and scored into
+    ``PromptTraining.curve`` (the ranking budget curve): ``curve_kind="likelihood"`` ranks
+    each user's validation item among 19 sampled unseen items by the title's likelihood
+    (protocol ``sampled19``: readable on few users), ``"generate"`` scores constrained
+    generation filled as at test (full ranking: needs many users to leave zero).
     """
     if train.select != "min":
         raise ValueError("the validation score here is a loss: use TrainConfig(select='min')")
@@ -332,15 +335,24 @@ def train_prompter(prompter: LLMSeqPrompt, bench: Bench, train: TrainConfig,
     sizes = [sum(len(ordered[i]["labels"]) for i in sl) for sl in slices]
     logged: list[dict] = []
     curve, curve_time = None, [0.0]
+    if curve_kind not in CURVE_KINDS:
+        raise ValueError(f"curve_kind={curve_kind!r}: choose one of {sorted(CURVE_KINDS)}")
     if n_curve > 0:
         curve_users = seeded_subset(bench.users, min(n_curve, len(bench.users)), seed + 2)
-        curve = BudgetCurve(Evaluator(data, "valid", protocols=("full_masked",),
-                                      users=curve_users, seed=seed), "pairs")
+        protocol = CURVE_KINDS[curve_kind]
+        curve = BudgetCurve(Evaluator(data, "valid", protocols=(protocol,), users=curve_users,
+                                      seed=seed), "pairs",
+                            keys=(f"{protocol}/HR@5", f"{protocol}/NDCG@10"))
 
     def valid(m) -> float:
         if curve is not None:
-            t0, hist_in = time.perf_counter(), curve.evaluator.histories
-            lists = prompter.fill_from_items(prompter.generate_items(hist_in), hist_in)
+            t0, ev = time.perf_counter(), curve.evaluator
+            if curve_kind == "likelihood":
+                lists = likelihood_lists(prompter, ev.histories, ev.targets.tolist(),
+                                         ev.negatives[19].tolist())
+            else:
+                lists = prompter.fill_from_items(prompter.generate_items(ev.histories),
+                                                 ev.histories)
             curve.add(sum(sizes[:len(logged)]), lists)
             curve_time[0] += time.perf_counter() - t0
         logged.append(prompter.mean_losses(valid_pairs))
@@ -359,6 +371,21 @@ def train_prompter(prompter: LLMSeqPrompt, bench: Bench, train: TrainConfig,
     best = hist.best_valid
     return PromptTraining(examples, users, valid_pairs, hist, table, logged[0]["title"], best,
                           curve, curve_time[0])
+
+
+CURVE_KINDS = {"likelihood": "sampled19", "generate": "full_masked"}  # curve kind -> protocol
+
+
+def likelihood_lists(prompter: LLMSeqPrompt, histories: Sequence[Sequence[int]],
+                     targets: Sequence[int], negatives: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Per user, its target and negatives ranked by the LM's log-likelihood of their titles
+    after the user's prompt, best first; a negative tied with the target ranks above it."""
+    out = []
+    for h, t, neg in zip(histories, targets, negatives):
+        cand = [*map(int, neg), int(t)]             # target last: stable sort puts ties first
+        order = np.argsort(-prompter.title_logprobs(h, cand), kind="stable")
+        out.append([cand[i] for i in order])
+    return out
 
 
 def likelihood_ranking(prompter: LLMSeqPrompt, bench: Bench, users: np.ndarray,
@@ -426,8 +453,8 @@ def evaluate_prompter(prompter: LLMSeqPrompt, bench: Bench, users: np.ndarray,
 
 def prompt_figure(training: PromptTraining, smooth: int = 4, seed: int = 0):
     """LoRA training loss per step (left), the validation loss by part vs distinct pairs seen
-    (middle: the title's words, its year, the end marker) and, when measured, the validation
-    NDCG@10 of constrained generation vs pairs beside popularity and random (right)."""
+    (middle: the title's words, its year, the end marker) and, when measured, the ranking
+    budget curve (right: its first key vs pairs, beside popularity and random)."""
     curve = training.curve
     fig, axes = plt.subplots(1, 3 if curve else 2, figsize=(17 if curve else 12, 3.6))
     steps = np.asarray(training.history.steps)
@@ -448,9 +475,11 @@ def prompt_figure(training: PromptTraining, smooth: int = 4, seed: int = 0):
     for ax in axes[:2]:
         ax.grid(alpha=0.3)
     if curve:
-        curve.plot(curve.table(seed, "LLMSeqPrompt"), "full_masked/NDCG@10", ax=axes[2],
+        protocol = curve.keys[0].split("/")[0]
+        what = "1 + 19 titles by likelihood" if protocol == "sampled19" else "constrained beams"
+        curve.plot(curve.table(seed, "LLMSeqPrompt"), curve.keys[0], ax=axes[2],
                    xlabel="distinct training pairs seen",
-                   title=f"Ranking budget curve, {len(curve.evaluator.users)} validation users")
+                   title=f"Ranking: {what}, {len(curve.evaluator.users)} validation users")
     fig.tight_layout()
     return fig
 
