@@ -64,7 +64,7 @@ def test_choice_prompt_places_each_item_token_before_its_letter():
     assert [s.item for s in items] == [7, 8, 4, 5, 6]
     # only the candidates carry the user vector, and each is followed by its letter and title
     assert [s.with_user for s in items] == [False, False, True, True, True]
-    for lab, (k, s) in zip("ABC", [x for x in soft if x[1].kind == "item"][2:]):
+    for lab, (k, _) in zip("ABC", [x for x in soft if x[1].kind == "item"][2:]):
         assert seg[k + 1].startswith(f" {lab}. c")
     text = "".join(s for s in seg if isinstance(s, str))
     assert text.endswith("\nAnswer for this user:")
