@@ -139,6 +139,7 @@ class SoftToken:
 
     kind: str
     item: int = 0
+    with_user: bool = False  # an item token that also adds the projected user vector
 
 
 Segment = str | SoftToken
@@ -279,6 +280,9 @@ class ALLMRecConfig:
     n_history: int = 5              # last history titles in the prompt (paper: 10)
     max_new_tokens: int = 12        # greedy decoding budget of an answer (paper's code: 32)
     batch_size: int = 4             # prompts per generation batch (paper: 4 per training step)
+    loss: str = "answer"            # "answer": NLL of the answer tokens (eq. 8); "choice": softmax
+                                    # over the candidates' index letters (choice format only)
+    bf16: bool = False              # run the frozen LM under bf16 autocast (CPU AMX / CUDA)
 
 
 class ALLMRec(nn.Module):
@@ -322,21 +326,57 @@ class ALLMRec(nn.Module):
         is_user = torch.tensor([s.kind == "user" for _, _, s in slots], device=emb.device)
         items = torch.tensor([s.item for _, _, s in slots], device=emb.device)
         vec = self.projector.item(self.item_table[items])
-        if is_user.any():
+        add_user = torch.tensor([s.with_user for _, _, s in slots], device=emb.device)
+        if is_user.any() or add_user.any():
             if user_vecs is None:
                 raise ValueError("the prompt has a user soft token but no user vectors were given")
             uvec = self.projector.user(user_vecs.float())[rows]
-            vec = torch.where(is_user[:, None], uvec, vec)
+            vec = torch.where(is_user[:, None], uvec, vec + add_user[:, None] * uvec)
         emb = emb.clone()
         emb[rows, pos] = vec.to(emb.dtype)
         return emb
 
+    def _autocast(self, device: torch.device):
+        on = self.config.bf16 and device.type in ("cpu", "cuda")
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
+
     def loss(self, batch: dict) -> torch.Tensor:
-        """Next-title NLL on the answer tokens (eq. 8); ``batch`` from :func:`prompt_batch` + ``user_vecs``."""
+        """The training loss of ``batch`` (:func:`prompt_batch` + ``user_vecs``): the NLL of
+        the answer tokens (eq. 8), or with ``config.loss == "choice"`` the cross-entropy of
+        the target's index letter against the other candidates' letters (``target_index``)."""
+        if self.config.loss == "choice":
+            logits, full = self.choice_logits(batch, full=True)
+            target = batch["target_index"]
+            ids = torch.as_tensor(self.label_ids(), device=full.device)
+            # which candidate (softmax over the letters) + that the answer is a letter at all
+            return F.cross_entropy(logits, target) + F.cross_entropy(full, ids[target])
         emb = self.inputs_embeds(batch, batch.get("user_vecs"))
-        out = self.lm(inputs_embeds=emb, attention_mask=batch["attention_mask"],
-                      labels=batch["labels"])
-        return out.loss
+        with self._autocast(emb.device):
+            logits = self.lm(inputs_embeds=emb, attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"]
+        return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(),
+                               ignore_index=IGNORE_INDEX)
+
+    def choice_logits(self, batch: dict, full: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits of the ``n_candidates`` index letters at the last prompt position [B, n]
+        and the greedy next token over the whole vocabulary [B] (the first generated token;
+        with ``full=True`` the whole vocabulary's logits [B, V] instead).
+
+        Prompts are left-padded (:func:`prompt_batch` without answers), so the last column
+        is every row's last prompt token."""
+        emb = self.inputs_embeds(batch, batch.get("user_vecs"))
+        with self._autocast(emb.device):
+            out = self.lm(inputs_embeds=emb, attention_mask=batch["attention_mask"],
+                          logits_to_keep=1)
+        last = out.logits[:, -1].float()
+        ids = torch.as_tensor(self.label_ids(), device=last.device)
+        return last[:, ids], (last if full else last.argmax(-1))
+
+    def label_ids(self) -> list[int]:
+        """The token ids of the index letters (:func:`label_token_ids`), computed once."""
+        if getattr(self, "_label_ids", None) is None:
+            self._label_ids = label_token_ids(self.tokenizer, self.config.n_candidates)
+        return self._label_ids
 
     @torch.no_grad()
     def generate(self, batch: dict, max_new_tokens: int | None = None) -> list[str]:
@@ -381,3 +421,77 @@ def map_to_candidates(texts: Sequence[str], candidates: Sequence[Sequence[int]],
         others = np.setdiff1d(np.arange(1, len(item_emb)), np.asarray(cands))
         out.append(int(nearest_items(text_emb[u:u + 1], item_emb, k=1, exclude=[others])[0, 0]))
     return out, exact
+
+
+# --- the choice format: candidates behind index letters ----------------------------------------
+
+
+def choice_labels(n: int) -> list[str]:
+    """The index letters of ``n`` candidates: ``A``, ``B``, ... (at most 26)."""
+    if not 1 <= n <= 26:
+        raise ValueError(f"the choice format labels 1 to 26 candidates, got {n}")
+    return [chr(ord("A") + k) for k in range(n)]
+
+
+def clip_title(title: str, max_words: int | None) -> str:
+    """The first ``max_words`` words of a title (all of it with None): shorter prompts."""
+    words = title.split()
+    return title if max_words is None or len(words) <= max_words else " ".join(words[:max_words])
+
+
+def choice_prompt(history: Sequence[str], candidates: Sequence[str],
+                  history_ids: Sequence[int] | None = None,
+                  candidate_ids: Sequence[int] | None = None, soft: bool = True,
+                  user_at_end: bool = False, user_in_candidates: bool = False) -> list[Segment]:
+    """The paper's prompt with every candidate behind an index letter, one per line.
+
+    ``[U] is a user representation. This user has watched "h1"[I], ... in the previous.
+    Recommend one next movie for this user to watch from the following candidates:
+    A. c1[I] ... T. c20[I] Answer:`` and the LM answers with a letter (`` C``), so one
+    forward pass scores every candidate (the logits of the 20 letters at the last position).
+    ``user_at_end`` repeats the user soft token just before ``Answer:`` (the position
+    whose logits choose), so the user vector is read where the choice is made;
+    ``user_in_candidates`` adds the projected user vector to every candidate's item token
+    (``F_I(e_i) + F_U(x_u)``), so the LM's own layers can compare user and item at one
+    position instead of across the prompt.
+    With ``soft=False`` no soft tokens (LLM-Only reads the same words).
+    """
+    if soft and (history_ids is None or candidate_ids is None):
+        raise ValueError("soft tokens need the item ids of the history and the candidates")
+    if soft and (len(history_ids) != len(history) or len(candidate_ids) != len(candidates)):
+        raise ValueError("one item id per title is needed")
+    seg: list[Segment] = []
+    if soft:
+        seg += [SoftToken("user"), " is a user representation. "]
+    seg.append("This user has watched ")
+    for k, t in enumerate(history):
+        seg.append(("" if k == 0 else ", ") + f'"{t}"')
+        if soft:
+            seg.append(SoftToken("item", int(history_ids[k])))
+    seg.append(" in the previous. Recommend one next movie for this user to watch from the "
+               "following candidates:")
+    for k, (lab, t) in enumerate(zip(choice_labels(len(candidates)), candidates)):
+        if soft:  # the item's vector just before its letter: the letter's position reads it
+            seg += ["\n", SoftToken("item", int(candidate_ids[k]), user_in_candidates),
+                    f" {lab}. {t}"]
+        else:
+            seg.append(f"\n {lab}. {t}")
+    if soft and user_at_end:
+        seg += ["\nAnswer for this user", SoftToken("user"), ":"]
+    else:
+        seg.append("\nAnswer:")
+    return seg
+
+
+def label_token_ids(tokenizer, n: int) -> list[int]:
+    """Token id of each index letter as the LM writes it after ``Answer:`` (`` A`` ...).
+
+    Each must be a single token (true for the GPT-2-style BPEs of SmolLM2 and OPT).
+    """
+    out = []
+    for lab in choice_labels(n):
+        ids = tokenizer(f" {lab}", add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"the index letter {lab!r} is {len(ids)} tokens for this tokenizer")
+        out.append(ids[0])
+    return out

@@ -35,6 +35,9 @@ from recutils.models.allmrec import (
     Stage1Aligner,
     Stage1Config,
     answer,
+    choice_labels,
+    choice_prompt,
+    clip_title,
     map_to_candidates,
     prompt_batch,
     recommendation_prompt,
@@ -207,6 +210,69 @@ class Prompter:
                        for s in self.prompt(ex)) + self.answer(ex)
 
 
+@dataclass
+class ChoicePrompter:
+    """Choice-format prompts (:func:`~recutils.models.allmrec.choice_prompt`) of examples.
+
+    ``titles`` by item id, clipped to ``max_words`` words. ``soft_ids(ex)`` decides which
+    item vector each soft token shows: the item's own (default); with ``mark_target`` a
+    two-row table's row 1 for the target and row 2 for every other item (the positive
+    control: a soft token that marks the right candidate); with ``shuffle_seed`` the
+    candidates' vectors permuted among the candidates of each prompt (the control that
+    cuts the tie between a title and its collaborative vector).
+    """
+
+    titles: Sequence[str]
+    max_words: int | None = None
+    user_at_end: bool = False
+    user_in_candidates: bool = False
+    mark_target: bool = False
+    shuffle_seed: int | None = None
+
+    def soft_ids(self, ex: dict) -> tuple[list[int], list[int]]:
+        """Item ids behind the history's and the candidates' soft tokens."""
+        hist, cands = list(ex["history"]), list(ex["candidates"])
+        if self.mark_target:
+            return [2] * len(hist), [1 if c == ex["target"] else 2 for c in cands]
+        if self.shuffle_seed is not None:
+            rng = np.random.default_rng([self.shuffle_seed, int(ex["user"])])
+            perm = rng.permutation(len(cands))
+            while len(cands) > 1 and (perm == np.arange(len(cands))).any():
+                perm = rng.permutation(len(cands))  # every candidate gets another's vector
+            cands = [cands[k] for k in perm]
+        return hist, cands
+
+    def prompt(self, ex: dict, soft: bool = True) -> list[Segment]:
+        """The choice prompt of ``ex`` (``soft=False``: the words alone, LLM-Only)."""
+        hist_ids, cand_ids = self.soft_ids(ex)
+        title = [clip_title(t, self.max_words) for t in self.titles]
+        return choice_prompt([title[i] for i in ex["history"]], [title[i] for i in ex["candidates"]],
+                             hist_ids, cand_ids, soft=soft, user_at_end=self.user_at_end,
+                             user_in_candidates=self.user_in_candidates)
+
+    def answer(self, ex: dict) -> str:
+        """The answer text for the answer-token loss: the target's letter, title, end."""
+        k = ex["candidates"].index(ex["target"])
+        return f" {choice_labels(len(ex['candidates']))[k]}. {clip_title(self.titles[ex['target']], self.max_words)}"
+
+    def shown(self, ex: dict) -> str:
+        """The prompt as text with ``<U>`` / ``<I>`` for the soft tokens, and its answer."""
+        return "".join(s if isinstance(s, str) else ("<U>" if s.kind == "user" else "<I>")
+                       for s in self.prompt(ex)) + self.answer(ex)
+
+
+def choice_batch(tokenizer, prompter: ChoicePrompter, examples: Sequence[dict],
+                 user_vecs: torch.Tensor, soft: bool = True, answers: bool = False) -> dict:
+    """A left-padded batch of choice prompts with ``user_vecs`` and ``target_index`` (the
+    target's place among the candidates); ``answers=True`` appends the answer text and its
+    labels (for the answer-token loss)."""
+    b = prompt_batch(tokenizer, [prompter.prompt(ex, soft) for ex in examples],
+                     [prompter.answer(ex) for ex in examples] if answers else None)
+    b["user_vecs"] = user_vecs
+    b["target_index"] = torch.as_tensor([ex["candidates"].index(ex["target"]) for ex in examples])
+    return b
+
+
 def example(data: SequenceData, user: int, history: Sequence[int], target: int,
             rng: np.random.Generator, n_history: int, n_candidates: int) -> dict:
     """One stage-2 example: ``target`` and ``n_candidates - 1`` unseen items, shuffled."""
@@ -244,6 +310,142 @@ def train_stage2(model: ALLMRec, batches, train: TrainConfig, seed: int,
     """Train only ``model.projector`` (the LM stays frozen); ``History.steps`` with log_steps."""
     seed_everything(seed)
     return fit(model, batches, train, device=device, params=model.projector.parameters(), desc=desc)
+
+
+# --- stage 2 in the choice format: chunks of steps, validation, both-way evaluation ----------
+
+
+def choice_batches(tokenizer, prompter: ChoicePrompter, examples: Sequence[dict],
+                   user_vecs: torch.Tensor, batch_size: int, steps: int, seed: int,
+                   answers: bool = False):
+    """``batches(chunk)`` for :func:`fit`: chunk ``c`` is ``steps`` steps of ``batch_size``
+    examples, read from a stream of permutations of ``examples`` (permutation ``e`` by
+    ``default_rng(seed + 10 + e)``), so every "epoch" of ``fit`` is one point of a budget
+    curve and a run of ``k`` chunks is the first ``k`` chunks of a longer run."""
+    per_chunk = steps * batch_size
+
+    def order(upto: int) -> list[int]:
+        out, e = [], 0
+        while len(out) < upto:
+            out += np.random.default_rng(seed + 10 + e).permutation(len(examples)).tolist()
+            e += 1
+        return out
+
+    def make(chunk: int) -> list[dict]:
+        rows = order((chunk + 1) * per_chunk)[chunk * per_chunk:]
+        out = []
+        for s in range(0, per_chunk, batch_size):
+            idx = rows[s:s + batch_size]
+            out.append(choice_batch(tokenizer, prompter, [examples[i] for i in idx], user_vecs[idx],
+                                    answers=answers))
+        return out
+    return make
+
+
+def choice_scores(model: ALLMRec, prompter: ChoicePrompter, examples: Sequence[dict],
+                  user_vecs: torch.Tensor, device: torch.device | str, soft: bool = True,
+                  batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """One forward pass per prompt: the index letters' logits [n, n_candidates] (the LM's
+    ranking of the candidates) and the greedy first answer token's candidate position
+    [n] (-1 where the LM's most likely next token is not an index letter)."""
+    logits, greedy = [], []
+    ids = model.label_ids()
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(examples), batch_size):
+            b = choice_batch(model.tokenizer, prompter, examples[s:s + batch_size],
+                             user_vecs[s:s + batch_size], soft=soft)
+            lg, g = model.choice_logits(to_device(b, device))
+            logits.append(lg.cpu().numpy())
+            greedy += [ids.index(t) if t in ids else -1 for t in g.tolist()]
+    return np.concatenate(logits), np.asarray(greedy)
+
+
+def choice_validation(prompter: ChoicePrompter, examples: Sequence[dict], user_vecs: torch.Tensor,
+                      device: torch.device | str, batch_size: int = 8):
+    """``valid_fn`` for :func:`fit`: Hit@1 of the letter ranking on validation examples."""
+    target = np.asarray([ex["candidates"].index(ex["target"]) for ex in examples])
+
+    def valid(model: ALLMRec) -> float:
+        logits, _ = choice_scores(model, prompter, examples, user_vecs, device, batch_size=batch_size)
+        return float((logits.argmax(1) == target).mean())
+    return valid
+
+
+def validation_examples(data: SequenceData, users: Sequence[int], n_history: int, n_candidates: int,
+                        seed: int) -> list[dict]:
+    """Validation prompts of ``users`` (history before the validation item, 19 unseen items
+    from ``default_rng(seed + 4)``): what budget curves and selection read, never the test item."""
+    vin, vt = data.inputs("valid"), data.targets("valid")
+    rng = np.random.default_rng(seed + 4)
+    return [example(data, int(u), vin[u], vt[u], rng, n_history, n_candidates) for u in users]
+
+
+class ChoiceRecommender:
+    """``predict(users)`` for the :class:`~recutils.evaluation.Evaluator`, both ways at once.
+
+    Ranking: each candidate is scored by its index letter's logit (the other items get
+    -inf), so the evaluator's ``sampled19`` ranks give Hit@1 and NDCG@20 over the 20.
+    Generation: the greedy first answer token mapped to the candidate whose letter it is;
+    after a call ``greedy_hit`` (per user), ``mapped`` (share of answers that name a
+    letter), ``positions`` (1-based place of the greedy choice, 0 = none) and
+    ``seconds_per_user``. ``soft=False`` is LLM-Only; ``prompter`` decides the soft tokens
+    (e.g. shuffled across candidates for the control).
+    """
+
+    def __init__(self, model: ALLMRec, prompter: ChoicePrompter, examples: Sequence[dict],
+                 user_vecs: torch.Tensor, n_items: int, device: torch.device | str,
+                 soft: bool = True, item_table: torch.Tensor | None = None) -> None:
+        self.model, self.prompter, self.examples = model, prompter, list(examples)
+        self.user_vecs, self.n_items, self.device = user_vecs, n_items, device
+        self.soft, self.item_table = soft, item_table
+        self.row = {ex["user"]: k for k, ex in enumerate(self.examples)}
+
+    def predict(self, users: np.ndarray) -> torch.Tensor:
+        rows = [self.row[int(u)] for u in users]
+        exs = [self.examples[r] for r in rows]
+        saved = self.model.item_table
+        if self.item_table is not None:
+            self.model.set_item_table(self.item_table)
+        t0 = time.perf_counter()
+        try:
+            logits, greedy = choice_scores(self.model, self.prompter, exs, self.user_vecs[rows],
+                                           self.device, soft=self.soft)
+        finally:
+            self.model.item_table = saved
+        self.seconds_per_user = (time.perf_counter() - t0) / max(len(rows), 1)
+        target = np.asarray([ex["candidates"].index(ex["target"]) for ex in exs])
+        self.greedy_hit = (greedy == target).astype(float)
+        self.mapped = float((greedy >= 0).mean())
+        self.positions = (greedy + 1).tolist()
+        scores = torch.full((len(rows), self.n_items + 1), float("-inf"))
+        for k, ex in enumerate(exs):
+            scores[k, ex["candidates"]] = torch.as_tensor(logits[k], dtype=torch.float32)
+        return scores
+
+
+def choice_table(results: dict[str, EvalResult], recs: dict[str, ChoiceRecommender],
+                 group: np.ndarray, rows: Sequence[str]) -> pd.DataFrame:
+    """Both evaluations per method: ranking Hit@1 (Wilson interval), NDCG@20 over the 20
+    candidates, cold / warm Hit@1, and for the LM methods greedy Hit@1 and the share of
+    greedy answers that name a candidate."""
+    out = {}
+    for n in rows:
+        h = hits(results[n])
+        lo, hi = wilson_interval(h)
+        m = results[n].metrics()
+        r = {"Hit@1 (ranking)": h.mean(), "95% CI": f"[{lo:.3f}, {hi:.3f}]",
+             "NDCG@20": m["sampled19/NDCG@20"],
+             "cold": h[group == "cold"].mean() if (group == "cold").any() else np.nan,
+             "warm": h[group == "warm"].mean() if (group == "warm").any() else np.nan,
+             "users": len(h)}
+        if n in recs:
+            g = recs[n].greedy_hit
+            glo, ghi = wilson_interval(g)
+            r.update({"Hit@1 (greedy)": g.mean(), "greedy 95% CI": f"[{glo:.3f}, {ghi:.3f}]",
+                      "greedy names a candidate": recs[n].mapped})
+        out[n] = r
+    return pd.DataFrame(out).T
 
 
 # --- evaluation: generate, map to a candidate -----------------------------------------------
@@ -385,10 +587,11 @@ def record_methods(rec: Recorder, results: dict[str, EvalResult], methods: Seque
                           chosen_positions=positions.get(n))
 
 
-def plot_hit_at_1(results: dict[str, EvalResult], group: np.ndarray) -> plt.Figure:
-    """Hit@1 of every method on all / cold / warm users, with 95% Wilson intervals."""
-    show = [n for n in ["SASRec", "LLM-Only", "MLP-LLM", "A-LLMRec", "A-LLMRec (SBERT)"]
-            if n in results]
+def plot_hit_at_1(results: dict[str, EvalResult], group: np.ndarray,
+                  show: Sequence[str] = ("SASRec", "LLM-Only", "MLP-LLM", "A-LLMRec",
+                                         "A-LLMRec (SBERT)")) -> plt.Figure:
+    """Hit@1 of the methods ``show`` on all / cold / warm users, with 95% Wilson intervals."""
+    show = [n for n in show if n in results]
     groups = [("all", np.ones(len(group), bool)), ("cold items", group == "cold"),
               ("warm items", group == "warm")]
     groups = [(g, mask) for g, mask in groups if mask.any()]
@@ -459,6 +662,102 @@ def claim_rows(results: dict[str, EvalResult], group: np.ndarray, trainable: int
         rows.append(claim("Text codes q work as well as e on cold items (A-LLMRec (SBERT))",
                           "Beauty .5591 vs .5605, Movies .5772 vs .5714", f"{a:.3f} vs {b:.3f}",
                           bool(a >= b), "holds = SBERT variant not below A-LLMRec on cold items"))
+    rows.append(claim("Neither the LLM nor SASRec is fine-tuned; only the alignment networks train",
+                      "by design", f"{trainable:,} trainable of {total:,} stage-2 parameters; "
+                      f"{lm_grads} LM tensors got a gradient", lm_grads == 0))
+    return rows
+
+
+# --- analyses of the choice-format runs -----------------------------------------------------
+
+
+def separated(a: np.ndarray, b: np.ndarray) -> tuple[bool, bool]:
+    """(mean of ``a`` above ``b``, the two 95% Wilson intervals do not overlap)."""
+    (la, ua), (lb, ub) = wilson_interval(a), wilson_interval(b)
+    return bool(a.mean() > b.mean()), bool(la > ub or lb > ua)
+
+
+def record_choice_methods(rec: Recorder, results: dict[str, EvalResult],
+                          recs: dict[str, ChoiceRecommender], group: np.ndarray,
+                          train_seconds: dict[str, float], infer: dict[str, float],
+                          params: dict[str, tuple[int, int]]) -> None:
+    """Every method on the evaluation sample: the evaluator's metrics (ranking), Hit@1's
+    Wilson interval, cold / warm Hit@1 and, for the LM methods, greedy Hit@1 and the
+    share of greedy answers naming a candidate; costs where known."""
+    for n, res in results.items():
+        h = hits(res)
+        m = dict(res.metrics())
+        for g in ("cold", "warm"):
+            if (group == g).any() and len(h) == len(group):
+                m[f"sampled19_{g}/HR@1"] = float(h[group == g].mean())
+        extra = {"hit1_wilson_95": list(wilson_interval(h))}
+        if n in recs:
+            extra.update(greedy_hit1=float(recs[n].greedy_hit.mean()),
+                         greedy_hit1_wilson_95=list(wilson_interval(recs[n].greedy_hit)),
+                         greedy_names_candidate=recs[n].mapped,
+                         chosen_positions=recs[n].positions)
+        total, trainable = params.get(n, (None, None))
+        rec.record_method(n, m, train_seconds=train_seconds.get(n), infer_seconds_per_user=infer.get(n),
+                          params_total=total, params_trainable=trainable, n_users=len(h), **extra)
+
+
+def plot_budget_curves(histories: dict[str, History], steps_per_chunk: int,
+                       refs: dict[str, float], n_valid: int) -> plt.Figure:
+    """Validation Hit@1 (letter ranking) after every chunk of stage-2 steps, per run,
+    beside reference lines (SASRec, popularity, chance) on the same validation prompts."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    for n, h in histories.items():
+        y = ([h.before["valid"]] if h.before else []) + h.column("valid")
+        x = np.arange(len(y)) * steps_per_chunk if h.before else np.arange(1, len(y) + 1) * steps_per_chunk
+        ax.plot(x, y, marker="o", label=n)
+    for k, (n, v) in enumerate(refs.items()):
+        ax.axhline(v, color=f"C{len(histories) + k}", ls=":", lw=1.2, label=n)
+    ax.set(xlabel="stage-2 steps (batch 4)", ylabel=f"validation Hit@1 ({n_valid} users)",
+           title="Budget curve: Hit@1 over 20 candidates vs stage-2 steps")
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def choice_claim_rows(results: dict[str, EvalResult], group: np.ndarray, control: dict,
+                      trainable: int, total: int, lm_grads: int) -> list[dict]:
+    """The claims of the choice-format runs, each on the same users and candidates."""
+    def hit(n: str, g: str | None = None) -> np.ndarray:
+        h = hits(results[n])
+        return h if g is None else h[group == g]
+
+    def row(text: str, paper: str, a: str, b: str, g: str | None = None) -> dict:
+        if a not in results or b not in results or len(hit(a, g)) == 0:
+            return claim(text, paper, "not run at this scale", None)
+        ha, hb = hit(a, g), hit(b, g)
+        above, sep = separated(ha, hb)
+        return claim(text, paper, f"{ha.mean():.3f} vs {hb.mean():.3f} ({len(ha)} users)", above,
+                     "intervals separate" if sep else "intervals overlap", separable=sep)
+
+    rows = [
+        row("A-LLMRec beats LLM-Only (the LM reads the soft tokens)", "Beauty .5809 vs .0120",
+            "A-LLMRec", "LLM-Only"),
+        row("A-LLMRec beats chance (random ranking)", "-", "A-LLMRec", "random"),
+        row("Shuffling the soft tokens across candidates hurts A-LLMRec", "Table 7 row 4 (random joint "
+            "embedding): Beauty .5809 -> .5427", "A-LLMRec", "A-LLMRec, soft tokens shuffled"),
+        row("A-LLMRec beats SASRec (Hit@1)", "Beauty .5809 vs .5298", "A-LLMRec", "SASRec"),
+        row("A-LLMRec beats MLP-LLM (stage 1 helps)", "Beauty .5809 vs .5548", "A-LLMRec", "MLP-LLM"),
+        row("A-LLMRec beats SASRec on cold items", "Beauty .5605 vs .1190", "A-LLMRec", "SASRec", "cold"),
+        row("A-LLMRec beats SASRec on warm items", "Beauty .6414 vs .6312", "A-LLMRec", "SASRec", "warm"),
+        row("Choice loss beats the answer-token loss (ours, not the paper's)", "-", "A-LLMRec",
+            "A-LLMRec (answer-token loss)"),
+        row("A-LLMRec beats popularity on the same candidates", "-", "A-LLMRec", "popularity"),
+    ]
+    if "A-LLMRec (SBERT)" in results and (group == "cold").any():
+        a, b = hit("A-LLMRec (SBERT)", "cold"), hit("A-LLMRec", "cold")
+        _, sep = separated(a, b)
+        rows.append(claim("Text codes q work as well as e on cold items (A-LLMRec (SBERT))",
+                          "Beauty .5591 vs .5605", f"{a.mean():.3f} vs {b.mean():.3f}",
+                          bool(a.mean() >= b.mean()), "holds = SBERT variant not below A-LLMRec on "
+                          "cold items", separable=sep))
+    rows.append(claim("Positive control: a soft token marking the right candidate is learned",
+                      "- (our check)", f"validation Hit@1 {control['before']:.3f} -> {control['after']:.3f} "
+                      f"after {control['steps']} steps", control["after"] >= 0.5))
     rows.append(claim("Neither the LLM nor SASRec is fine-tuned; only the alignment networks train",
                       "by design", f"{trainable:,} trainable of {total:,} stage-2 parameters; "
                       f"{lm_grads} LM tensors got a gradient", lm_grads == 0))
