@@ -250,11 +250,11 @@ def test_overfit_check_drives_the_loss_down_and_restores_the_prefixes():
 
 def test_history_control_rows_and_the_own_history_ranks(lancer_run):
     run = lancer_run[0]
-    rows, nll, refs = run.history_control(n_neg=19)
+    rows, loglik, refs = run.history_control(n_neg=19)
     assert list(rows) == ["own history", "another user's history",
                           "own history, no reasoning slots"]
-    assert set(refs) == {"Random list", "Popularity"} and set(nll) == set(rows)
-    assert all(np.isfinite(v) and v > 0 for v in nll.values())
+    assert set(refs) == {"Random list", "Popularity"} and set(loglik) == set(rows)
+    assert all(len(v) == 2 and (v < 0).all() for v in loglik.values())
     users = run.valid_users
     for r in list(rows.values()) + list(refs.values()):
         assert np.array_equal(r.users, users) and ((r.ranks["sampled19"] >= 0)
@@ -267,7 +267,12 @@ def test_history_control_rows_and_the_own_history_ranks(lancer_run):
                                     [[int(ev.targets[0])] + ev.negatives[19][0].tolist()],
                                     run.paths, reuse_cache=False)[0]
     assert rows["own history"].ranks["sampled19"][0] == int((sc[1:] >= sc[0]).sum())
+    assert loglik["own history"][0] == pytest.approx(sc[0], abs=1e-4)
     assert run.model.use_reasoning  # the variant is restored
-    table = pipe.control_table(rows, nll, refs)
+    table = pipe.control_table(rows, loglik, refs)
     assert table.loc["own history", "own minus this row, NDCG@10"] == ""
     assert table.loc["another user's history", "own minus this row, NDCG@10"].startswith(("+", "-"))
+    claims = pipe.sanity_claims({"examples": 3, "steps": 6, "next-title NLL before": 4.0,
+                                 "next-title NLL after": 0.2, "HR@1 (beam search)": 1.0},
+                                rows, loglik, run.init_check())
+    assert len(claims) == 6 and claims[1]["holds"] == "yes"

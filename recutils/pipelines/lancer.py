@@ -84,6 +84,7 @@ class LANCERSetup:
     eval_users: int | None = None       # seeded sample of test users (None: all)
     score_users: int | None = None      # test users of the candidate-scoring protocol (None: all
     #                                     eval users; 0: skip it)
+    control_users: int | None = None    # validation users of the controls (None: all)
     eval_batch: int = 8                 # users per validation / generation batch
     description: bool = True            # prepend the item description where the data has one
     ablations: bool = True              # also train the two stage-1 ablations (same budget each)
@@ -536,22 +537,25 @@ class LANCERRun:
                        seed=self.seed)
         reps = self.set_variant("LANCER")
         t0 = time.perf_counter()
-        ranks = self._candidate_ranks(ev, [self.test_in[u] for u in users], n_neg, reps)
+        ranks, _ = self._candidate_ranks(ev, [self.test_in[u] for u in users], n_neg, reps)
         self.gen_seconds[SCORING] = time.perf_counter() - t0
         return ev, EvalResult({f"sampled{n_neg}": ranks}, users.copy())
 
     def _candidate_ranks(self, ev: Evaluator, histories, n_neg: int, reps: torch.Tensor,
-                         desc: str = "candidate scoring") -> np.ndarray:
-        """Rank of each of ``ev``'s targets among its ``n_neg`` negatives by the title's
-        log-likelihood, the prompt of user row ``r`` built from ``histories[r]``."""
-        neg, targets, b, ranks = ev.negatives[n_neg], ev.targets, self.setup.eval_batch, []
+                         desc: str = "candidate scoring") -> tuple[np.ndarray, np.ndarray]:
+        """(rank of each of ``ev``'s targets among its ``n_neg`` negatives by the title's
+        log-likelihood, the target title's log-likelihood), the prompt of user row ``r``
+        built from ``histories[r]``."""
+        neg, targets, b = ev.negatives[n_neg], ev.targets, self.setup.eval_batch
+        ranks, target_ll = [], []
         for s in track(range(0, len(ev.users), b), desc, unit="batch"):
             batch = to_device(self.batch(histories[s:s + b], reps=reps), self.device)
             cands = [[int(targets[r])] + neg[r].tolist()
                      for r in range(s, min(s + b, len(ev.users)))]
             for sc in self.model.score_candidates(batch, cands, self.paths):
                 ranks.append(int((sc[1:] >= sc[0]).sum()))  # ties rank the target behind
-        return np.array(ranks)
+                target_ll.append(float(sc[0]))
+        return np.array(ranks), np.array(target_ll)
 
     # --- ruling out a bug ---------------------------------------------------------------
     def overfit_check(self, n_examples: int = 16, epochs: int = 20, lr: float = 3e-3,
@@ -596,16 +600,17 @@ class LANCERRun:
                 "HR@10 (beam search)": float(np.mean([t in r[:10]
                                                       for r, t in zip(lists, targets)]))}
 
-    def history_control(self, n_neg: int = 19, n_users: int | None = None,
-                        ) -> tuple[dict[str, EvalResult], dict[str, float], dict[str, EvalResult]]:
-        """Controls that remove the signal, on validation users (never test): the trained
-        LANCER scores the validation target among ``n_neg`` sampled unseen items (candidate
-        scoring) with (a) the user's own history, (b) another validation user's history (a
-        seeded derangement: prompt text and reasoning slots both come from someone else) and
-        (c) its own history without the reasoning slots. Returns the ranks per row, each
-        row's validation next-title NLL, and the random-list and popularity rows on the same
-        users and negatives."""
-        users = self.valid_users[:n_users] if n_users else self.valid_users
+    def history_control(self, n_neg: int = 19) -> tuple[dict[str, EvalResult], dict[str, np.ndarray],
+                                   dict[str, EvalResult]]:
+        """Controls that remove the signal, on the first ``setup.control_users`` validation users (never
+        test): the trained LANCER scores the validation target among ``n_neg`` sampled unseen
+        items (candidate scoring) with (a) the user's own history, (b) another validation
+        user's history (a seeded derangement: prompt text and reasoning slots both come from
+        someone else) and (c) its own history without the reasoning slots. Returns the ranks
+        per row, the target title's log-likelihood per user and row, and the random-list and
+        popularity rows on the same users and negatives."""
+        n = self.setup.control_users
+        users = self.valid_users[:n] if n else self.valid_users
         ev = Evaluator(self.data, "valid", protocols=(f"sampled{n_neg}",), users=users,
                        seed=self.seed)
         other = derangement(len(users), self.seed)
@@ -613,18 +618,14 @@ class LANCERRun:
         rows = {"own history": (own, True), "another user's history": (
             [own[j] for j in other], True), "own history, no reasoning slots": (own, False)}
         reps = self.set_variant("LANCER")
-        targets = [int(t) for t in self.data.targets("valid")[users]]
-        out, nll = {}, {}
+        out, loglik, t0 = {}, {}, time.perf_counter()
         for name, (hists, reasoning) in rows.items():
             self.model.use_reasoning = reasoning
-            ranks = self._candidate_ranks(ev, hists, n_neg, reps, f"control: {name}")
+            ranks, loglik[name] = self._candidate_ranks(ev, hists, n_neg, reps, f"control: {name}")
             out[name] = EvalResult({f"sampled{n_neg}": ranks}, users.copy())
-            n = self.setup.eval_batch
-            batches = [self.batch(hists[s:s + n], targets[s:s + n], reps)
-                       for s in range(0, len(users), n)]
-            nll[name] = _valid_loss(self.model, batches, _reasoning_loss, self.device)
         self.set_variant("LANCER")
-        return out, nll, reference_rows(self.data, ev, self.seed)
+        self.timer["controls"] = time.perf_counter() - t0
+        return out, loglik, reference_rows(self.data, ev, self.seed)
 
     # --- records ---------------------------------------------------------------------------
     def record_methods(self, rec: Recorder, results: dict[str, EvalResult], costs: dict,
@@ -785,26 +786,34 @@ def paired_difference(a: EvalResult, b: EvalResult, key: str) -> tuple[float, fl
     if not np.array_equal(a.users, b.users):
         raise ValueError("a paired difference needs the same users in the same order")
     protocol, metric = key.split("/")
-    d = per_user_metric(a.ranks[protocol], metric) - per_user_metric(b.ranks[protocol], metric)
+    return paired_mean(per_user_metric(a.ranks[protocol], metric)
+                       - per_user_metric(b.ranks[protocol], metric))
+
+
+def paired_mean(d: np.ndarray) -> tuple[float, float, float]:
+    """Mean of per-user differences ``d`` with its 95% normal-approximation interval."""
     half = 1.96 * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
     return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
 
 
-def control_table(rows: dict[str, EvalResult], nll: dict[str, float],
+def control_table(rows: dict[str, EvalResult], loglik: dict[str, np.ndarray],
                   references: dict[str, EvalResult], n_neg: int = 19) -> pd.DataFrame:
     """The controls of :meth:`LANCERRun.history_control` beside the random list and
     popularity on the same users: HR@10 / NDCG@10 with 95% intervals, the paired NDCG@10
-    difference from the own-history row (interval above 0: the control hurts) and the
-    validation next-title NLL."""
+    difference from the own-history row (interval above 0: the control hurts), the mean
+    log-likelihood of the target title and its paired difference from the own-history row."""
     key = f"sampled{n_neg}/NDCG@10"
     table = results_table(rows | references, [f"sampled{n_neg}/HR@10", key])
-    own = rows["own history"]
-    diff = {}
+    own, fmt = rows["own history"], "{:+.4f} [{:+.3f}, {:+.3f}]"
+    diff, ll_diff = {}, {}
     for name, r in rows.items():
         if name != "own history":
-            diff[name] = "{:+.4f} [{:+.3f}, {:+.3f}]".format(*paired_difference(own, r, key))
+            diff[name] = fmt.format(*paired_difference(own, r, key))
+            ll_diff[name] = fmt.format(*paired_mean(loglik["own history"] - loglik[name]))
     table["own minus this row, NDCG@10"] = [diff.get(n, "") for n in table.index]
-    table["valid next-title NLL"] = [f"{nll[n]:.3f}" if n in nll else "" for n in table.index]
+    table["target title log-lik."] = [f"{loglik[n].mean():.3f}" if n in loglik else ""
+                                      for n in table.index]
+    table["own minus this row, log-lik."] = [ll_diff.get(n, "") for n in table.index]
     return table
 
 
@@ -886,7 +895,8 @@ def claims(results: dict[str, EvalResult], stats: dict[str, float],
 
 
 def sanity_claims(overfit: dict[str, float], control: dict[str, EvalResult],
-                  init_nll: dict[str, float], n_neg: int = 19) -> list[dict]:
+                  loglik: dict[str, np.ndarray], init_nll: dict[str, float],
+                  n_neg: int = 19) -> list[dict]:
     """The claim rows of the checks that rule out a bug: step 0 (the initial prefix vs none),
     overfitting a handful of training users, and the controls that remove the signal
     (another user's history, no reasoning slots) under validation candidate scoring."""
@@ -906,10 +916,15 @@ def sanity_claims(overfit: dict[str, float], control: dict[str, EvalResult],
     key, own = f"sampled{n_neg}/NDCG@10", control["own history"]
     for name in ("another user's history", "own history, no reasoning slots"):
         d, lo, hi = paired_difference(own, control[name], key)
-        sep = lo > 0 or hi < 0
-        rows.append(claim(f"A control hurts: {name} (validation, candidate scoring, NDCG@10)",
-                          "a sanity check", f"{own.metrics()[key]:.4f} vs "
-                          f"{control[name].metrics()[key]:.4f}, paired difference {d:+.4f} "
-                          f"[{lo:+.3f}, {hi:+.3f}] ({len(own.users)} users)", lo > 0,
-                          "paired 95% interval of own minus control", separable=sep))
+        rows.append(claim(f"A control hurts the ranking: {name} (validation, candidate "
+                          "scoring, NDCG@10)", "a sanity check",
+                          f"{own.metrics()[key]:.4f} vs {control[name].metrics()[key]:.4f}, "
+                          f"paired difference {d:+.4f} [{lo:+.3f}, {hi:+.3f}] "
+                          f"({len(own.users)} users)", lo > 0,
+                          "paired 95% interval of own minus control", separable=lo > 0 or hi < 0))
+        d, lo, hi = paired_mean(loglik["own history"] - loglik[name])
+        rows.append(claim(f"A control lowers the target title's log-likelihood: {name}",
+                          "a sanity check", f"paired difference {d:+.3f} [{lo:+.3f}, {hi:+.3f}]",
+                          lo > 0, "the same users and targets",
+                          separable=lo > 0 or hi < 0))
     return rows
