@@ -231,7 +231,7 @@ def test_overfit_check_drives_the_loss_down_and_restores_the_prefixes():
     data = prepare(make_raw(n_users=8, n_items=40, length=(5, 8)))
     setup = pipe.LANCERSetup(train_examples=6, valid_users=2, eval_users=3, eval_batch=2,
                              description=False, ablations=False)
-    config = LANCERConfig(n_prefix=3, mlp_hidden=16, attn_dim=8, dropout=0.0, max_slots=2,
+    config = LANCERConfig(n_prefix=3, mlp_hidden=16, attn_dim=8, dropout=0.3, max_slots=2,
                           max_genres=1, beams=3, top_k=3)
     ev, va = pipe.sample_users(data.n_users, setup, seed=0)
     run = pipe.LANCERRun(data, tiny_llama(initializer_range=0.2), CharTokenizer(), config, setup,
@@ -239,8 +239,22 @@ def test_overfit_check_drives_the_loss_down_and_restores_the_prefixes():
     run.embed_items()
     k0 = {k: v.clone() for k, v in run.model.knowledge.state_dict().items()}
     r0 = {k: v.clone() for k, v in run.model.reasoning.state_dict().items()}
-    out = run.overfit_check(n_examples=3, epochs=30, lr=3e-2, batch_size=2)
-    assert out["examples"] == 3 and out["steps"] == 60
+    # the loss before = the eval-mode (no dropout) loss of the same examples, whatever the mode
+    seen, picked = set(), []
+    for u, t in run.examples:
+        if u not in seen:
+            seen.add(u)
+            picked.append((u, t))
+    hists = [run.train_seqs[u][:t] for u, t in picked[:3]]
+    targets = [int(run.train_seqs[u][t]) for u, t in picked[:3]]
+    batches = [run.batch(hists[s:s + 2], targets[s:s + 2], run.reps[True]) for s in (0, 2)]
+    run.model.eval()
+    with torch.no_grad():
+        expected = float(np.mean([run.model.reasoning_loss(b).item() for b in batches]))
+    run.model.train()
+    out = run.overfit_check(n_examples=3, epochs=60, lr=3e-2, batch_size=2)
+    assert out["next-title NLL before"] == pytest.approx(expected, rel=1e-6)
+    assert out["examples"] == 3 and out["steps"] == 120
     assert out["next-title NLL after"] < 0.5 * out["next-title NLL before"]
     assert 0 <= out["HR@1 (beam search)"] <= out["HR@10 (beam search)"] <= 1
     assert all(torch.equal(v, k0[k]) for k, v in run.model.knowledge.state_dict().items())

@@ -579,12 +579,14 @@ class LANCERRun:
                  "reasoning": self._clone(self.model.reasoning)}
         was_reasoning, self.model.use_reasoning = self.model.use_reasoning, True
         seed_everything(self.seed)
+        self.model.eval()  # the losses without dropout (fit trains with it)
         before = _valid_loss(self.model, batches, _reasoning_loss, self.device)
         cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=0.0,
                           grad_clip=1.0, log_steps=True, amp=False, progress=False)
         params = list(self.model.knowledge.parameters()) + list(self.model.reasoning.parameters())
         hist = fit(self.model, lambda e: batches, cfg, loss_fn=_reasoning_loss, params=params,
                    device=self.device, desc="overfit")
+        self.model.eval()
         after = _valid_loss(self.model, batches, _reasoning_loss, self.device)
         lists = []
         for s in range(0, len(picked), batch_size):
