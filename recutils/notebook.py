@@ -267,7 +267,7 @@ def claim(claim: str, paper: str, ours: str, holds: bool | None, note: str = "",
 
 # Keys whose values legitimately change from run to run (times, dates, machine load); every
 # other value of a results file must be identical for the same SEED and THREADS.
-_VOLATILE = re.compile(r"^(run|seconds|started|peak_rss_mb|.*_seconds(_per_user)?)$")
+_VOLATILE = re.compile(r"^(run|seconds|started|peak_rss_mb|.*_seconds(_per_(user|step))?)$")
 
 
 def reproducible_part(value):

@@ -80,11 +80,12 @@ def test_reproducible_part_drops_only_timings_and_run_conditions():
     data = {"seed": 0, "versions": {"torch": "2.13.0"}, "run": {"wall_seconds": 3.0},
             "records": {"methods": {"SASRec": {"metrics": {"full/HR@10": 0.1}, "train_seconds": 9.0,
                                                "infer_seconds_per_user": 0.01, "n_users": 5}},
-                        "seconds": {"total": 12.0}, "secondary": [1, 2]}}
+                        "seconds": {"total": 12.0}, "secondary": [1, 2],
+                        "stage2_seconds_per_step": {"A": 2.5}, "seconds_per_epoch": 1}}
     assert reproducible_part(data) == {
         "seed": 0, "versions": {"torch": "2.13.0"},
         "records": {"methods": {"SASRec": {"metrics": {"full/HR@10": 0.1}, "n_users": 5}},
-                    "secondary": [1, 2]}}
+                    "secondary": [1, 2], "seconds_per_epoch": 1}}
 
 
 def test_recorder_records_threads_load_and_wall_time(tmp_path):
