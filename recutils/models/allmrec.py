@@ -145,6 +145,24 @@ class SoftToken:
 Segment = str | SoftToken
 
 
+def _user_and_history(history: Sequence[str], candidates: Sequence[str],
+                      history_ids: Sequence[int] | None, candidate_ids: Sequence[int] | None,
+                      soft: bool) -> list[Segment]:
+    """The opening both prompt formats share: the ids checked, the user soft token, the
+    watched titles each followed by its item soft token (no soft tokens with ``soft=False``)."""
+    if soft and (history_ids is None or candidate_ids is None):
+        raise ValueError("soft tokens need the item ids of the history and the candidates")
+    if soft and (len(history_ids) != len(history) or len(candidate_ids) != len(candidates)):
+        raise ValueError("one item id per title is needed")
+    seg: list[Segment] = [SoftToken("user"), " is a user representation. "] if soft else []
+    seg.append("This user has watched ")
+    for k, t in enumerate(history):
+        seg.append(("" if k == 0 else ", ") + f'"{t}"')
+        if soft:
+            seg.append(SoftToken("item", int(history_ids[k])))
+    return seg
+
+
 def recommendation_prompt(history: Sequence[str], candidates: Sequence[str],
                           history_ids: Sequence[int] | None = None,
                           candidate_ids: Sequence[int] | None = None,
@@ -154,19 +172,7 @@ def recommendation_prompt(history: Sequence[str], candidates: Sequence[str],
     With ``soft=False`` the markers are left out (the LLM-Only baseline reads the same words).
     The answer the LM should write after the prompt is ``'{title}"'`` (see :func:`answer`).
     """
-    if soft and (history_ids is None or candidate_ids is None):
-        raise ValueError("soft tokens need the item ids of the history and the candidates")
-    if soft and (len(history_ids) != len(history) or len(candidate_ids) != len(candidates)):
-        raise ValueError("one item id per title is needed")
-    seg: list[Segment] = []
-    if soft:
-        seg += [SoftToken("user")]
-    seg += [" is a user representation. " if soft else "",
-            "This user has watched "]
-    for k, t in enumerate(history):
-        seg.append(("" if k == 0 else ", ") + f'"{t}"')
-        if soft:
-            seg.append(SoftToken("item", int(history_ids[k])))
+    seg = _user_and_history(history, candidates, history_ids, candidate_ids, soft)
     seg.append(" in the previous. Recommend one next movie for this user to watch next from the "
                "following movie title set, ")
     for k, t in enumerate(candidates):
@@ -456,18 +462,7 @@ def choice_prompt(history: Sequence[str], candidates: Sequence[str],
     position instead of across the prompt.
     With ``soft=False`` no soft tokens (LLM-Only reads the same words).
     """
-    if soft and (history_ids is None or candidate_ids is None):
-        raise ValueError("soft tokens need the item ids of the history and the candidates")
-    if soft and (len(history_ids) != len(history) or len(candidate_ids) != len(candidates)):
-        raise ValueError("one item id per title is needed")
-    seg: list[Segment] = []
-    if soft:
-        seg += [SoftToken("user"), " is a user representation. "]
-    seg.append("This user has watched ")
-    for k, t in enumerate(history):
-        seg.append(("" if k == 0 else ", ") + f'"{t}"')
-        if soft:
-            seg.append(SoftToken("item", int(history_ids[k])))
+    seg = _user_and_history(history, candidates, history_ids, candidate_ids, soft)
     seg.append(" in the previous. Recommend one next movie for this user to watch from the "
                "following candidates:")
     for k, (lab, t) in enumerate(zip(choice_labels(len(candidates)), candidates)):

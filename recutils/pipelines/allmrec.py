@@ -630,23 +630,38 @@ def plot_training_curves(hist1: History, steps: dict[str, list[float]], n_exampl
     return fig
 
 
+def separated(a: np.ndarray, b: np.ndarray) -> tuple[bool, bool]:
+    """(mean of ``a`` above ``b``, the two 95% Wilson intervals do not overlap)."""
+    (la, ua), (lb, ub) = wilson_interval(a), wilson_interval(b)
+    return bool(a.mean() > b.mean()), bool(la > ub or lb > ua)
+
+
+def _group_hits(results: dict[str, EvalResult], group: np.ndarray, n: str,
+                g: str | None = None) -> np.ndarray:
+    h = hits(results[n])
+    return h if g is None else h[group == g]
+
+
+def ordering_row(results: dict[str, EvalResult], group: np.ndarray, text: str, paper: str,
+                 a: str, b: str, g: str | None = None) -> dict:
+    """Claim row "``a`` above ``b``" on Hit@1 (users of group ``g``, or all): yes / no when
+    the 95% Wilson intervals separate, else not separable; not run when a side is missing."""
+    if a not in results or b not in results or len(_group_hits(results, group, a, g)) == 0:
+        return claim(text, paper, "not run at this scale", None)
+    ha, hb = _group_hits(results, group, a, g), _group_hits(results, group, b, g)
+    above, sep = separated(ha, hb)
+    return claim(text, paper, f"{ha.mean():.3f} vs {hb.mean():.3f} ({len(ha)} users)", above,
+                 "intervals separate" if sep else "intervals overlap", separable=sep)
+
+
 def claim_rows(results: dict[str, EvalResult], group: np.ndarray, trainable: int, total: int,
                lm_grads: int) -> list[dict]:
     """The claims table: each paper ordering on the same users, with the intervals' overlap."""
     def hit(n: str, g: str | None = None) -> np.ndarray:
-        h = hits(results[n])
-        return h if g is None else h[group == g]
+        return _group_hits(results, group, n, g)
 
     def row(text: str, paper: str, a: str, b: str, g: str | None = None) -> dict:
-        if a not in results or b not in results or len(hit(a, g)) == 0:
-            return claim(text, paper, "not run at this scale", None)
-        ha, hb = hit(a, g), hit(b, g)
-        (la, ua), (lb, ub) = wilson_interval(ha), wilson_interval(hb)
-        overlap = not (la > ub or lb > ua)
-        return claim(text, paper, f"{ha.mean():.3f} vs {hb.mean():.3f} ({len(ha)} users)",
-                     bool(ha.mean() > hb.mean()),
-                     "intervals overlap" if overlap else "intervals separate",
-                     separable=not overlap)
+        return ordering_row(results, group, text, paper, a, b, g)
 
     rows = [
         row("A-LLMRec beats SASRec (Hit@1)", "Beauty .5809 vs .5298", "A-LLMRec", "SASRec"),
@@ -671,10 +686,6 @@ def claim_rows(results: dict[str, EvalResult], group: np.ndarray, trainable: int
 # --- analyses of the choice-format runs -----------------------------------------------------
 
 
-def separated(a: np.ndarray, b: np.ndarray) -> tuple[bool, bool]:
-    """(mean of ``a`` above ``b``, the two 95% Wilson intervals do not overlap)."""
-    (la, ua), (lb, ub) = wilson_interval(a), wilson_interval(b)
-    return bool(a.mean() > b.mean()), bool(la > ub or lb > ua)
 
 
 def record_choice_methods(rec: Recorder, results: dict[str, EvalResult],
@@ -723,16 +734,10 @@ def choice_claim_rows(results: dict[str, EvalResult], group: np.ndarray, control
                       trainable: int, total: int, lm_grads: int) -> list[dict]:
     """The claims of the choice-format runs, each on the same users and candidates."""
     def hit(n: str, g: str | None = None) -> np.ndarray:
-        h = hits(results[n])
-        return h if g is None else h[group == g]
+        return _group_hits(results, group, n, g)
 
     def row(text: str, paper: str, a: str, b: str, g: str | None = None) -> dict:
-        if a not in results or b not in results or len(hit(a, g)) == 0:
-            return claim(text, paper, "not run at this scale", None)
-        ha, hb = hit(a, g), hit(b, g)
-        above, sep = separated(ha, hb)
-        return claim(text, paper, f"{ha.mean():.3f} vs {hb.mean():.3f} ({len(ha)} users)", above,
-                     "intervals separate" if sep else "intervals overlap", separable=sep)
+        return ordering_row(results, group, text, paper, a, b, g)
 
     rows = [
         row("A-LLMRec beats LLM-Only (the LM reads the soft tokens)", "Beauty .5809 vs .0120",
