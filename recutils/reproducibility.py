@@ -23,6 +23,7 @@ parameters. Nothing here runs on import.
 from __future__ import annotations
 
 import os
+import platform
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -82,8 +83,29 @@ def preserved_rng() -> Iterator[None]:
             np.random.set_state(np_state)
 
 
+def cpu_model() -> str:
+    """The CPU's model name and torch's vector capability (e.g. ``"AMD EPYC | AVX512"``).
+
+    Recorded with every run: the same seed gives the same numbers on one machine, but another
+    CPU runs other float kernels (bf16, oneDNN paths), and training can end elsewhere.
+    """
+    name = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:  # not Linux
+        pass
+    name = name or platform.processor() or platform.machine() or "unknown"
+    try:
+        cap = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:  # older torch
+        cap = "?"
+    return f"{name} | {cap}"
+
+
 def run_conditions() -> dict:
-    """Thread counts, CPU count, load average and peak memory now (recorded beside every timing)."""
+    """Thread counts, CPU count and model, load average and peak memory now (recorded beside
+    every timing)."""
     try:
         load = [round(x, 2) for x in os.getloadavg()]
     except (OSError, AttributeError):  # not available on every platform
@@ -95,6 +117,6 @@ def run_conditions() -> dict:
     except ImportError:
         peak = None
     return {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
-            "cpu_count": os.cpu_count(),
+            "cpu_count": os.cpu_count(), "cpu": cpu_model(),
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
             "load_average_1_5_15": load, "peak_rss_mb": peak}

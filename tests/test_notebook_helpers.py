@@ -98,6 +98,9 @@ def test_recorder_records_threads_load_and_wall_time(tmp_path):
     run = data["run"]
     assert run["threads"] == torch.get_num_threads() and run["wall_seconds"] >= 0
     assert len(run["load_average_start"]) == 3 and run["load_average_max"][0] >= 0
+    # the CPU is named beside the timings (results reproduce per machine, not across CPUs)
+    name, cap = run["cpu"].split(" | ")
+    assert name and name != "unknown" and cap == torch.backends.cpu.get_cpu_capability()
     assert data["versions"]["torch"].startswith("2.13") and "transformers" in data["versions"]
     assert "smoke" in rec.run_summary() and "torch threads" in rec.run_summary()
 
