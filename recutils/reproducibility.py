@@ -22,6 +22,7 @@ parameters. Nothing here runs on import.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import random
@@ -83,6 +84,7 @@ def preserved_rng() -> Iterator[None]:
             np.random.set_state(np_state)
 
 
+@functools.cache
 def cpu_model() -> str:
     """The CPU's model name and torch's vector capability (e.g. ``"AMD EPYC | AVX512"``).
 
@@ -96,11 +98,7 @@ def cpu_model() -> str:
     except OSError:  # not Linux
         pass
     name = name or platform.processor() or platform.machine() or "unknown"
-    try:
-        cap = torch.backends.cpu.get_cpu_capability()
-    except AttributeError:  # older torch
-        cap = "?"
-    return f"{name} | {cap}"
+    return f"{name} | {torch.backends.cpu.get_cpu_capability()}"
 
 
 def run_conditions() -> dict:

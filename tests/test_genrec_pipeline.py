@@ -237,9 +237,7 @@ def test_sanity_checks_overfit_and_control(tiny):
     out = sanity_checks(pipe, model, 0, valid, n_overfit=4, steps=120, lr=1e-2)  # 2e-2: 0.75 on a fresh CI
     # an untrained model guesses about uniformly over the vocabulary
     assert abs(out["step0_loss"] - out["uniform_loss"]) < 0.5
-    # memorised: the last step's loss (one noisy step at a large learning rate, dropout on) far
-    # below the untrained loss (about 4.7 = ln of the vocabulary), and every target beamed first
-    assert out["overfit_final_loss"] < 0.2 * out["step0_loss"]
+    assert out["overfit_final_loss"] < 0.3   # uniform: 4.7
     assert out["overfit_HR@1"] == 1.0
     for k in ("valid_HR@10_own_history", "valid_HR@10_shuffled_history"):
         assert 0 <= out[k] <= 1
