@@ -7,6 +7,7 @@ the untrained model first), on seeded *validation* users, never the test users.
 
 >>> curve = BudgetCurve(Evaluator(data, "valid", protocols=("full_masked",), users=u), "pairs")
 >>> curve.add(0, ranked_lists)          # one point: the model's ranked lists for those users
+>>> curve.add_result(8, result)         # or an EvalResult on the same users (sampled protocols)
 >>> curve.table(seed=0)                 # method / pairs / metrics, references repeated
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import torch
 
@@ -55,7 +57,15 @@ class BudgetCurve:
 
     def add(self, x: int, ranked: Sequence[Sequence[int]]) -> dict:
         """Score the model's ranked item lists (one per evaluator user, in order) at budget ``x``."""
-        m = self.evaluator.evaluate_ranked(ranked).metrics()
+        return self.add_result(x, self.evaluator.evaluate_ranked(ranked))
+
+    def add_result(self, x: int, result: EvalResult) -> dict:
+        """Add the point of an already computed result on the evaluator's users (e.g. the
+        target's rank among sampled candidates) at budget ``x``."""
+        if not np.array_equal(result.users, self.evaluator.users):
+            raise ValueError("the result's users are not the curve evaluator's users "
+                             f"({len(result.users)} vs {len(self.evaluator.users)})")
+        m = result.metrics()
         self.points.append({self.x_name: int(x), **{k: float(m[k]) for k in self.keys}})
         return self.points[-1]
 

@@ -7,7 +7,7 @@ from conftest import make_raw
 
 from recutils.curves import BudgetCurve, reference_rows
 from recutils.data import prepare
-from recutils.evaluation import Evaluator
+from recutils.evaluation import EvalResult, Evaluator
 
 matplotlib.use("Agg")
 
@@ -74,3 +74,22 @@ def test_reference_rows_are_seeded_per_user_and_popularity_ranks_by_counts(data)
         above = int((counts[1:] > counts[t]).sum())
         tied = int((counts[1:] == counts[t]).sum()) - 1
         assert above <= r <= above + tied
+
+
+def test_add_result_takes_sampled_ranks_and_rejects_other_users(data):
+    users = np.arange(0, 20, 2)
+    ev = Evaluator(data, "valid", protocols=("sampled19",), users=users, seed=0)
+    curve = BudgetCurve(ev, "examples", keys=("sampled19/HR@5", "sampled19/NDCG@10"))
+    ranks = np.array([0, 1, 4, 5, 9, 10, 19, 0, 2, 7])  # 0-based rank of the target among 20
+    point = curve.add_result(40, EvalResult({"sampled19": ranks}, users.copy()))
+    assert point["examples"] == 40
+    assert point["sampled19/HR@5"] == pytest.approx(0.5)  # ranks 0, 1, 4, 0, 2: 5 of 10
+    # by hand: ranks 0, 1, 4, 5, 9, 0, 2, 7 are in the top 10; gain 1 / log2(rank + 2)
+    hand = (2 * 1 + 1 / np.log2(3) + 1 / np.log2(6) + 1 / np.log2(7) + 1 / np.log2(11)
+            + 1 / np.log2(4) + 1 / np.log2(9)) / 10
+    assert point["sampled19/NDCG@10"] == pytest.approx(hand)
+    with pytest.raises(ValueError, match="users"):
+        curve.add_result(80, EvalResult({"sampled19": ranks}, users + 1))
+    table = curve.table(seed=0, method="M")
+    assert set(table["method"]) == {"M", "Random list", "Popularity"}
+    assert "sampled19/HR@5" in table.columns

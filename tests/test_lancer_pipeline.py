@@ -7,7 +7,7 @@ from conftest import make_raw, tiny_llama
 from test_lancer import CharTokenizer
 
 from recutils.data import prepare
-from recutils.evaluation import Evaluator
+from recutils.evaluation import EvalResult, Evaluator
 from recutils.models.lancer import LANCERConfig
 from recutils.pipelines import lancer as pipe
 from recutils.training import fit
@@ -131,24 +131,34 @@ def test_chunks_cut_one_pass_and_the_budget_counts_examples(lancer_run):
     assert lancer["examples"].tolist() == [0, 3, 6]
 
 
-def test_ranking_curve_has_a_point_per_stage2_chunk_and_flat_references(lancer_run):
+def test_budget_curve_spans_both_stages_and_its_last_point_is_the_final_model(lancer_run):
     run = lancer_run[0]
     curve = run.ranking_curve()
     lancer = curve[curve["method"] == "LANCER"]
-    hr, ndcg = "full_masked/HR@10", "full_masked/NDCG@10"
-    # stage 1 saw one pass (6 examples); stage 2 adds 3 per chunk, the first point is before it
-    assert lancer["examples"].tolist() == [6, 9, 12]
+    hr, ndcg = "sampled19/HR@5", "sampled19/NDCG@10"
+    # before stage 1, after each of its 2 chunks (3 examples each), then stage 2's chunks
+    assert lancer["examples"].tolist() == [0, 3, 6, 9, 12]
+    assert run.n_stage1 == 6
     assert set(curve["method"]) == {"LANCER", "Random list", "Popularity"}
     for name in ("Random list", "Popularity"):
         part = curve[curve["method"] == name]
-        assert part["examples"].tolist() == [6, 9, 12] and part[hr].nunique() == 1
+        assert part["examples"].tolist() == [0, 3, 6, 9, 12] and part[hr].nunique() == 1
     assert ((curve[hr] >= 0) & (curve[hr] <= 1)).all()
-    assert (curve[ndcg] <= curve[hr] + 1e-12).all()
-    assert len(run.curve_evaluator().users) == 2
-    # the last point is the final model's beam search on those validation users
     ev = run.curve_evaluator()
-    last = ev.evaluate_ranked(run.valid_lists(ev.users, run.set_variant("LANCER"))).metrics()
-    assert lancer[ndcg].iloc[-1] == pytest.approx(last[ndcg])
+    assert len(ev.users) == 2 and list(ev.negatives) == [19]
+    # the point of the selected stage-2 epoch is the kept model's candidate scoring
+    ranks, _ = run._candidate_ranks(ev, [run.valid_in[u] for u in ev.users], 19,
+                                    run.set_variant("LANCER"))
+    kept = EvalResult({"sampled19": ranks}, ev.users).metrics()
+    point = lancer[lancer["examples"] == int(round(run.n_selected))]
+    assert len(point) == 1 and 6 <= run.n_selected <= 12
+    assert point[ndcg].iloc[0] == pytest.approx(kept[ndcg])
+    assert point[hr].iloc[0] == pytest.approx(kept[hr])
+    fig = run.ranking_curve_figure(curve)
+    assert [len(ax.get_lines()) for ax in fig.axes] == [5, 5]  # 3 rows, stage line, kept star
+    # the curve's scoring is not counted as stage time
+    assert run.timer["ranking_curve"] > 0
+    assert run.timer["reasoning_stage2"] < run.histories["LANCER"].seconds
 
 
 def test_stage2_adds_lora_only_and_generation_gives_unseen_catalogue_items(lancer_run):

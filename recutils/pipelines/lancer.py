@@ -79,8 +79,11 @@ class LANCERSetup:
     chunks: int = 1                     # each pass is cut into this many "epochs" (validation
     #                                     after each: the budget curve; 1 = one epoch per pass)
     valid_users: int = 500              # validation users whose LM loss selects the epoch
-    curve_users: int = 0                # of those, users whose HR/NDCG@10 (beam search on the
-    #                                     validation item) is measured after each stage-2 chunk
+    curve_users: int = 0                # of those, users whose validation item is ranked among
+    #                                     ``curve_negatives`` sampled unseen items by its title's
+    #                                     likelihood before stage 1 and after every chunk of
+    #                                     stage 1 and stage 2 (the budget curve; 0: no curve)
+    curve_negatives: int = 19           # sampled unseen items per curve user (1 + 19 = 20)
     eval_users: int | None = None       # seeded sample of test users (None: all)
     score_users: int | None = None      # test users of the candidate-scoring protocol (None: all
     #                                     eval users; 0: skip it)
@@ -386,14 +389,34 @@ class LANCERRun:
         budget each): prefixes and attention only, the LM frozen."""
         self.knowledge_trained = self._clone(self.model.knowledge)
         self.reasoning_init = self._clone(self.model.reasoning)
+        before = self.timer.get("ranking_curve", 0.0)
         for name in self.stage1:
             seed_everything(self.seed)
             reps = self.set_variant(name, trained=False)
             params = list(self.model.knowledge.parameters()) + (
                 list(self.model.reasoning.parameters()) if self.model.use_reasoning else [])
-            self._train_reasoning(name, train, params, reps)
-        self.timer["reasoning_stage1"] = sum(self.histories[n].seconds for n in self.stage1)
+            hooks = self._curve_hooks(reps, 0.0, point_now=True) if name == self.stage1[0] else []
+            self._train_reasoning(name, train, params, reps, hooks)
+        curve_in_fit = self.timer.get("ranking_curve", 0.0) - before
+        self.timer["reasoning_stage1"] = (sum(self.histories[n].seconds for n in self.stage1)
+                                          - curve_in_fit)
         return {n: self.histories[n] for n in self.stage1}
+
+    def _curve_hooks(self, reps: torch.Tensor, start: float, point_now: bool = False
+                     ) -> list[EpochHook]:
+        """With ``setup.curve_users``: an epoch hook that adds a budget-curve point after every
+        chunk, ``start`` examples having been seen before (and, with ``point_now``, one point
+        at ``start`` first). The curve's scoring is timed apart (``timer["ranking_curve"]``)."""
+        if not self.setup.curve_users:
+            return []
+        if self.curve is None:
+            n = self.setup.curve_negatives
+            self.curve = BudgetCurve(self.curve_evaluator(), "examples",
+                                     keys=(f"sampled{n}/HR@5", f"sampled{n}/NDCG@10"))
+        per = len(self.examples) / max(1, self.setup.chunks)
+        if point_now:
+            self._curve_point(reps, start)
+        return [EpochHook(lambda m, row: self._curve_point(reps, start + (row["epoch"] + 1) * per))]
 
     def add_lm_adapter(self) -> list[torch.nn.Parameter]:
         """Make the LM trainable for stage 2: LoRA (``setup.lora_r > 0``) or every weight."""
@@ -419,33 +442,47 @@ class LANCERRun:
         seed_everything(self.seed)
         params = (list(self.model.knowledge.parameters())
                   + list(self.model.reasoning.parameters()) + lm_params)
-        reps, hooks = self.reps[True], []
-        if self.setup.curve_users:  # the curve's beam searches are timed apart (ranking_curve)
-            per = len(self.examples) / max(1, self.setup.chunks)
-            n1 = len(self.histories[self.stage1[0]].epochs) * per  # the main stage 1's examples
-            self.curve = BudgetCurve(self.curve_evaluator(), "examples")
-            self._curve_point(reps, n1)
-            hooks = [EpochHook(lambda m, row: self._curve_point(
-                reps, n1 + (row["epoch"] + 1) * per))]
+        reps = self.reps[True]
         before = self.timer.get("ranking_curve", 0.0)
+        hooks = self._curve_hooks(reps, self.n_stage1)  # stage 2 starts from the selected epoch
         hist = self._train_reasoning("LANCER", train, params, reps, hooks)
         curve_in_fit = self.timer.get("ranking_curve", 0.0) - before
         self.timer["reasoning_stage2"] = hist.seconds - curve_in_fit
         return hist
 
+    @property
+    def n_stage1(self) -> float:
+        """Reasoning examples the main stage-1 run has seen (all its chunks)."""
+        per = len(self.examples) / max(1, self.setup.chunks)
+        return len(self.histories[self.stage1[0]].epochs) * per
+
+    @property
+    def n_selected(self) -> float:
+        """Reasoning examples seen by the model kept after stage 2 (its selected epoch; -1,
+        the stage-2 start, when no stage-2 epoch beat it)."""
+        per = len(self.examples) / max(1, self.setup.chunks)
+        return self.n_stage1 + (self.histories["LANCER"].best_epoch + 1) * per
+
     def ranking_curve(self) -> pd.DataFrame:
-        """Stage 2's validation HR@10 / NDCG@10 (full ranking, history removed) vs reasoning
-        examples seen (stage 1 + 2), with the random list and popularity on the same
-        validation users (:meth:`recutils.curves.BudgetCurve.table`)."""
+        """The budget curve: validation HR@5 / NDCG@10 of the target among 1 + ``curve_negatives``
+        sampled unseen items (title likelihood) vs reasoning examples seen (stage 1, then
+        stage 2), with the random list and popularity on the same users and candidates
+        (:meth:`recutils.curves.BudgetCurve.table`)."""
         return self.curve.table(self.seed, method="LANCER")
 
     def ranking_curve_figure(self, curve: pd.DataFrame):
-        """The ranking budget curve: LANCER's validation metrics vs examples, references flat."""
+        """The budget curve: LANCER's validation metrics vs examples, references flat, the
+        stage boundary dotted."""
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-        n = len(self.curve.evaluator.users)
+        n, c = len(self.curve.evaluator.users), 1 + self.setup.curve_negatives
         for ax, key in zip(axes, self.curve.keys):
-            self.curve.plot(curve, key, ax=ax, xlabel="reasoning examples seen (stage 1 + stage 2)",
-                            title=f"Stage 2 budget curve ({n} validation users)")
+            self.curve.plot(curve, key, ax=ax, xlabel="reasoning examples seen (stage 1, stage 2)",
+                            title=f"Budget curve: target among {c} ({n} validation users)")
+            ax.axvline(self.n_stage1, color="grey", ls=":", lw=1)
+            kept = curve[(curve["method"] == "LANCER")
+                         & (curve["examples"] == int(round(self.n_selected)))]
+            ax.plot(kept["examples"], kept[key], "k*", ms=11, label="kept (lowest valid. NLL)")
+            ax.legend(fontsize=7)
         fig.tight_layout()
         return fig
 
@@ -458,16 +495,14 @@ class LANCERRun:
         return pd.DataFrame(rows)
 
     # --- generation (eq. 6-7, constrained) and evaluation -------------------------------------
-    def _beam_lists(self, users: np.ndarray, inputs, reps: torch.Tensor, desc: str,
-                    length_penalty: float | None = None):
+    def _beam_lists(self, users: np.ndarray, inputs, reps: torch.Tensor, desc: str):
         """Constrained beam search for ``users`` on their ``inputs`` (history excluded):
         (ranked item lists, generated texts)."""
         items, texts, n = [], [], self.setup.eval_batch
         for s in track(range(0, len(users), n), desc, unit="batch"):
             part = users[s:s + n]
             b = to_device(self.batch([inputs[u] for u in part], reps=reps), self.device)
-            its, txt = self.model.beam_search(b, self.trie, exclude=[inputs[u] for u in part],
-                                              length_penalty=length_penalty)
+            its, txt = self.model.beam_search(b, self.trie, exclude=[inputs[u] for u in part])
             items += [i[:self.cfg.top_k] for i in its]
             texts += txt
         return items, texts
@@ -483,28 +518,24 @@ class LANCERRun:
         return items
 
     def curve_evaluator(self) -> Evaluator:
-        """The validation users of the ranking budget curve (the first ``curve_users``)."""
-        return Evaluator(self.data, "valid", protocols=("full_masked",),
+        """The validation users of the budget curve (the first ``curve_users``), each with
+        ``curve_negatives`` sampled unseen items."""
+        return Evaluator(self.data, "valid", protocols=(f"sampled{self.setup.curve_negatives}",),
                          users=self.valid_users[:self.setup.curve_users], seed=self.seed)
 
-    def valid_lists(self, users: np.ndarray, reps: torch.Tensor,
-                    length_penalty: float | None = None) -> list[list[int]]:
-        """Constrained beam search on the validation item of ``users`` (the model as it is,
-        left in the training mode it had)."""
-        was = self.model.training
-        self.model.eval()
-        with torch.no_grad():
-            lists, _ = self._beam_lists(users, self.valid_in, reps, "validation lists",
-                                        length_penalty=length_penalty)
-        self.model.train(was)
-        return lists
-
     def _curve_point(self, reps: torch.Tensor, examples: float) -> dict:
-        """One point of the ranking curve: the model as it is, after ``examples`` examples."""
-        t0 = time.perf_counter()
-        lists = self.valid_lists(self.curve.evaluator.users, reps)
+        """One point of the budget curve: the model as it is (left in its training mode),
+        after ``examples`` examples, ranking each curve user's validation target among the
+        sampled candidates by the title's log-likelihood."""
+        t0, was = time.perf_counter(), self.model.training
+        ev, n_neg = self.curve.evaluator, self.setup.curve_negatives
+        with torch.no_grad():
+            ranks, _ = self._candidate_ranks(ev, [self.valid_in[u] for u in ev.users], n_neg,
+                                             reps, desc="budget curve")
+        self.model.train(was)
         self.timer["ranking_curve"] = self.timer.get("ranking_curve", 0.0) + time.perf_counter() - t0
-        return self.curve.add(int(round(examples)), lists)
+        return self.curve.add_result(int(round(examples)),
+                                     EvalResult({f"sampled{n_neg}": ranks}, ev.users.copy()))
 
     def evaluate(self, evaluator: Evaluator) -> dict[str, EvalResult]:
         """Every generated variant's ranked lists on ``evaluator`` (its users = eval_users)."""
