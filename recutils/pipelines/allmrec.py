@@ -16,9 +16,11 @@ candidates from ``default_rng(seed + 3)``; stage 1's epoch ``e`` is shuffled by
 
 from __future__ import annotations
 
+import copy
+import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -31,7 +33,9 @@ from recutils.evaluation import EvalResult
 from recutils.lm import encode_texts
 from recutils.models.allmrec import (
     ALLMRec,
+    ALLMRecConfig,
     Segment,
+    SoftToken,
     Stage1Aligner,
     Stage1Config,
     answer,
@@ -73,7 +77,8 @@ class ColdWarm:
 def cold_warm_sample(data: SequenceData, n_eval: int | None, seed: int,
                      quantile: float = 0.35) -> ColdWarm:
     """Cold = bottom ``quantile`` of items by training count, warm = top; a seeded sample of
-    ``n_eval`` test users, half cold and half warm (None: every test user, unstratified)."""
+    ``n_eval`` test users, half cold and half warm; where fewer than half the test users have
+    a cold target, all of them and warm users for the rest (None: every test user, unstratified)."""
     counts = data.item_counts()
     q_cold, q_warm = np.quantile(counts[1:], quantile), np.quantile(counts[1:], 1 - quantile)
     target = data.targets("test")
@@ -84,9 +89,10 @@ def cold_warm_sample(data: SequenceData, n_eval: int | None, seed: int,
     else:
         half = n_eval // 2
         cold_users, warm_users = np.flatnonzero(is_cold), np.flatnonzero(is_warm)
-        eval_users = np.sort(np.concatenate([
-            rng.choice(cold_users, min(half, len(cold_users)), replace=False),
-            rng.choice(warm_users, min(n_eval - half, len(warm_users)), replace=False)]))
+        cold = rng.choice(cold_users, min(half, len(cold_users)), replace=False)
+        # too few cold targets: warm users fill the sample up to n_eval
+        warm = rng.choice(warm_users, min(n_eval - len(cold), len(warm_users)), replace=False)
+        eval_users = np.sort(np.concatenate([cold, warm]))
     group = np.where(is_cold[eval_users], "cold", np.where(is_warm[eval_users], "warm", "middle"))
     return ColdWarm(eval_users, group, float(q_cold), float(q_warm), is_cold, is_warm)
 
@@ -228,6 +234,7 @@ class ChoicePrompter:
     user_in_candidates: bool = False
     mark_target: bool = False
     shuffle_seed: int | None = None
+    item_tokens: bool = True  # False: no item soft tokens, only the user's (Table 7, row 3)
 
     def soft_ids(self, ex: dict) -> tuple[list[int], list[int]]:
         """Item ids behind the history's and the candidates' soft tokens."""
@@ -246,9 +253,12 @@ class ChoicePrompter:
         """The choice prompt of ``ex`` (``soft=False``: the words alone, LLM-Only)."""
         hist_ids, cand_ids = self.soft_ids(ex)
         title = [clip_title(t, self.max_words) for t in self.titles]
-        return choice_prompt([title[i] for i in ex["history"]], [title[i] for i in ex["candidates"]],
-                             hist_ids, cand_ids, soft=soft, user_at_end=self.user_at_end,
-                             user_in_candidates=self.user_in_candidates)
+        seg = choice_prompt([title[i] for i in ex["history"]], [title[i] for i in ex["candidates"]],
+                            hist_ids, cand_ids, soft=soft, user_at_end=self.user_at_end,
+                            user_in_candidates=self.user_in_candidates)
+        if not self.item_tokens:  # the same text pieces, the item tokens left out
+            seg = [x for x in seg if not (isinstance(x, SoftToken) and x.kind == "item")]
+        return seg
 
     def answer(self, ex: dict) -> str:
         """The answer text for the answer-token loss: the target's letter, title, end."""
@@ -317,7 +327,7 @@ def train_stage2(model: ALLMRec, batches, train: TrainConfig, seed: int,
 
 def choice_batches(tokenizer, prompter: ChoicePrompter, examples: Sequence[dict],
                    user_vecs: torch.Tensor, batch_size: int, steps: int, seed: int,
-                   answers: bool = False):
+                   answers: bool = False, soft: bool = True):
     """``batches(chunk)`` for :func:`fit`: chunk ``c`` is ``steps`` steps of ``batch_size``
     examples, read from a stream of permutations of ``examples`` (permutation ``e`` by
     ``default_rng(seed + 10 + e)``), so every "epoch" of ``fit`` is one point of a budget
@@ -337,7 +347,7 @@ def choice_batches(tokenizer, prompter: ChoicePrompter, examples: Sequence[dict]
         for s in range(0, per_chunk, batch_size):
             idx = rows[s:s + batch_size]
             out.append(choice_batch(tokenizer, prompter, [examples[i] for i in idx], user_vecs[idx],
-                                    answers=answers))
+                                    soft=soft, answers=answers))
         return out
     return make
 
@@ -362,12 +372,14 @@ def choice_scores(model: ALLMRec, prompter: ChoicePrompter, examples: Sequence[d
 
 
 def choice_validation(prompter: ChoicePrompter, examples: Sequence[dict], user_vecs: torch.Tensor,
-                      device: torch.device | str, batch_size: int = 8):
-    """``valid_fn`` for :func:`fit`: Hit@1 of the letter ranking on validation examples."""
+                      device: torch.device | str, batch_size: int = 8, soft: bool = True):
+    """``valid_fn`` for :func:`fit`: Hit@1 of the letter ranking on validation examples
+    (``soft=False``: the text-only prompts, for TALLRec)."""
     target = np.asarray([ex["candidates"].index(ex["target"]) for ex in examples])
 
     def valid(model: ALLMRec) -> float:
-        logits, _ = choice_scores(model, prompter, examples, user_vecs, device, batch_size=batch_size)
+        logits, _ = choice_scores(model, prompter, examples, user_vecs, device, soft=soft,
+                                  batch_size=batch_size)
         return float((logits.argmax(1) == target).mean())
     return valid
 
@@ -766,4 +778,207 @@ def choice_claim_rows(results: dict[str, EvalResult], group: np.ndarray, control
     rows.append(claim("Neither the LLM nor SASRec is fine-tuned; only the alignment networks train",
                       "by design", f"{trainable:,} trainable of {total:,} stage-2 parameters; "
                       f"{lm_grads} LM tensors got a gradient", lm_grads == 0))
+    return rows
+
+
+# --- side runs: TALLRec, few-shot, ablations, favourite genre (issue 14) ---------------------
+
+
+def side_sample(eval_users: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """Rows (sorted) of ``n`` evaluation users drawn by ``default_rng(seed + 8)``, for the
+    costlier side tables; every row with None or ``n >= len(eval_users)``."""
+    if n is None or n >= len(eval_users):
+        return np.arange(len(eval_users))
+    return np.sort(np.random.default_rng(seed + 8).choice(len(eval_users), n, replace=False))
+
+
+def tallrec_model(lm, tokenizer, config: ALLMRecConfig, r: int = 8,
+                  targets: Sequence[str] = ("q_proj", "v_proj"),
+                  dropout: float = 0.05) -> tuple[ALLMRec, list[torch.nn.Parameter]]:
+    """TALLRec (Bao et al., 2023) in the choice format: LoRA of rank ``r`` on a **copy** of
+    ``lm`` (the shared frozen LM is left untouched), read through the text-only prompt
+    (``soft=False``); returns the model and the LoRA parameters, the only trainable ones."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    model = ALLMRec(copy.deepcopy(lm), tokenizer, torch.zeros(1, 1), user_dim=1, config=config)
+    inject_adapter_in_model(LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=dropout,
+                                       target_modules=list(targets)), model.lm)
+    params = [p for n, p in model.lm.named_parameters() if "lora_" in n]
+    for p in params:
+        p.requires_grad_(True)
+    return model, params
+
+
+def side_stage2(lm, tokenizer, table: torch.Tensor, user_dim: int, config: ALLMRecConfig,
+                prompter: ChoicePrompter, examples: Sequence[dict], user_vecs: torch.Tensor,
+                steps: int, train: TrainConfig, seed: int, device: torch.device | str,
+                desc: str) -> tuple[ALLMRec, History]:
+    """Stage 2 for exactly ``steps`` steps, no selection (the last weights are kept): the same
+    initialisation and batch stream as the main run, so with A-LLMRec's own table and
+    prompter it is the main run's first ``steps`` steps."""
+    seed_everything(seed)
+    model = ALLMRec(lm, tokenizer, table, user_dim=user_dim, config=config).to(device)
+    batches = choice_batches(tokenizer, prompter, examples, user_vecs, train.batch_size, steps, seed)
+    hist = fit(model, batches, replace(train, epochs=1, eval_before=False), device=device,
+               params=model.projector.parameters(), desc=desc)
+    return model, hist
+
+
+def few_shot_data(data: SequenceData, k: int, exclude: np.ndarray, seed: int) -> SequenceData:
+    """The training set of the few-shot scenario (Table 4): ``k`` users with at least two
+    training items, none of them in ``exclude`` (the evaluation users), the first ``k`` of
+    one ``default_rng(seed + 7)`` permutation (so the 128 users are inside the 256)."""
+    pool = np.setdiff1d(np.asarray(usable_users(data)), exclude)
+    idx = np.sort(np.random.default_rng(seed + 7).permutation(pool)[:k])
+    return replace(data, sequences=[data.sequences[i] for i in idx],
+                   timestamps=[data.timestamps[i] for i in idx], user_ids=data.user_ids[idx])
+
+
+@dataclass
+class FewShotRun:
+    """SASRec, stage 1 and stage 2 trained on the few-shot users only."""
+
+    data: SequenceData
+    sasrec: torch.nn.Module
+    stage1: Stage1Result
+    model: ALLMRec
+    seconds: dict[str, float]
+
+
+def few_shot_run(data_k: SequenceData, sasrec_config, sasrec_train: TrainConfig,
+                 stage1_config: Stage1Config, stage1_train: TrainConfig, Q: torch.Tensor, lm,
+                 tokenizer, config: ALLMRecConfig, prompter: ChoicePrompter, steps: int,
+                 stage2_train: TrainConfig, seed: int, device: torch.device | str) -> FewShotRun:
+    """The whole A-LLMRec pipeline on ``data_k`` (:func:`few_shot_data`): SASRec (selected on
+    the few-shot users' validation items, then frozen), stage 1, and ``steps`` stage-2 steps."""
+    from recutils.models import SASRec
+    from recutils.training import fit_sequential
+
+    seed_everything(seed)
+    t0 = time.perf_counter()
+    sasrec = SASRec(data_k.n_items, sasrec_config)
+    fit_sequential(sasrec, data_k, sasrec_train, device=device, seed=seed,
+                   valid_metric="sampled19/NDCG@10", desc=f"SASRec ({data_k.n_users} users)")
+    for p in sasrec.parameters():
+        p.requires_grad_(False)
+    sasrec.eval()
+    seconds = {"sasrec": time.perf_counter() - t0}
+    E, users = sasrec.items.weight.detach().cpu(), usable_users(data_k)
+    s1 = train_stage1(E, Q, stage1_data(data_k, sasrec, E, Q, users, seed, device), stage1_config,
+                      stage1_train, seed, device)
+    seconds["stage1"] = s1.history.seconds
+    train_ex = stage2_examples(data_k, users, None, config.n_history, config.n_candidates, seed)
+    seqs = data_k.train_sequences()
+    x2 = user_vectors(sasrec, [seqs[ex["user"]][:-1] for ex in train_ex], device)
+    model, hist = side_stage2(lm, tokenizer, s1.e_table, E.shape[1], config, prompter, train_ex, x2,
+                              steps, stage2_train, seed, device, f"stage 2 ({data_k.n_users} users)")
+    seconds["stage2"] = hist.seconds
+    return FewShotRun(data_k, sasrec, s1, model, seconds)
+
+
+def side_record(results: dict[str, EvalResult], group: np.ndarray, **extra) -> dict:
+    """Hit@1, its 95% Wilson interval, cold / warm Hit@1 and the users, per method."""
+    out = {}
+    for n, r in results.items():
+        h = hits(r)
+        out[n] = {"hit1": float(h.mean()), "hit1_wilson_95": list(wilson_interval(h)),
+                  "n_users": len(h), **extra}
+        for g in ("cold", "warm"):
+            if (group == g).any():
+                out[n][f"hit1_{g}"] = float(h[group == g].mean())
+    return out
+
+
+# --- favourite-genre generation (Fig. 4) -----------------------------------------------------
+
+
+def genre_prompt(history: Sequence[str], history_ids: Sequence[int], soft: bool = True) -> list[Segment]:
+    """The opening of the recommendation prompt (user token, watched titles with their item
+    tokens) followed by a question about the user's favourite genre instead of candidates."""
+    seg: list[Segment] = [SoftToken("user"), " is a user representation. "] if soft else []
+    seg.append("This user has watched ")
+    for k, t in enumerate(history):
+        seg.append(("" if k == 0 else ", ") + f'"{t}"')
+        if soft:
+            seg.append(SoftToken("item", int(history_ids[k])))
+    seg.append(" in the previous. Name the movie genre this user likes most, in one or two words.\n"
+               "Genre:")
+    return seg
+
+
+def genre_names(items: pd.DataFrame) -> list[str]:
+    """The dataset's genre labels (every ``genres`` entry of the item table, "unknown" left out)."""
+    return sorted({g for gs in items["genres"] for g in gs if g and g.lower() != "unknown"})
+
+
+def names_genre(text: str, genres: Sequence[str]) -> list[str]:
+    """The labels of ``genres`` that ``text`` names (whole words, case and "'s" ignored;
+    "science fiction" counts as Sci-Fi)."""
+    low = text.lower().replace("science fiction", "sci-fi")
+    return [g for g in genres
+            if re.search(r"(?<![a-z])" + re.escape(g.lower().replace("'s", "")) + r"(?![a-z])", low)]
+
+
+def favourite_genres(model: ALLMRec, titles: Sequence[str], examples: Sequence[dict],
+                     user_vecs: torch.Tensor, device: torch.device | str, soft: bool = True,
+                     max_new_tokens: int = 6, max_words: int | None = None,
+                     batch_size: int = 4) -> tuple[list[str], float]:
+    """Greedy answers to :func:`genre_prompt` (the examples' histories) and the seconds per user."""
+    model.eval()
+    out, t0 = [], time.perf_counter()
+    for s in range(0, len(examples), batch_size):
+        exs = examples[s:s + batch_size]
+        b = prompt_batch(model.tokenizer, [genre_prompt([clip_title(titles[i], max_words)
+                                                        for i in ex["history"]], ex["history"], soft)
+                                           for ex in exs])
+        b["user_vecs"] = user_vecs[s:s + batch_size]
+        out += model.generate(to_device(b, device), max_new_tokens=max_new_tokens)
+    return out, (time.perf_counter() - t0) / max(len(examples), 1)
+
+
+def genre_scores(answers: Sequence[str], examples: Sequence[dict], items: pd.DataFrame) -> dict:
+    """Share of answers naming a real genre of the dataset, and naming one of the genres of
+    the titles in the prompt's history; each with its 95% Wilson interval."""
+    genres = genre_names(items)
+    named = [names_genre(a, genres) for a in answers]
+    real = np.asarray([bool(n) for n in named], float)
+    own = np.asarray([bool(set(n) & {g for i in ex["history"] for g in items["genres"].iloc[i]})
+                      for n, ex in zip(named, examples)], float)
+    return {"names_genre": float(real.mean()), "names_genre_wilson_95": list(wilson_interval(real)),
+            "names_history_genre": float(own.mean()),
+            "names_history_genre_wilson_95": list(wilson_interval(own)),
+            "n_users": len(answers), "answers": list(answers)}
+
+
+def side_claim_rows(few: dict[int, dict[str, EvalResult]], few_group: np.ndarray,
+                    ablation: dict[str, EvalResult], abl_group: np.ndarray,
+                    genre: dict[str, dict]) -> list[dict]:
+    """Claims of the side scenarios: few-shot (Table 4), stage ablations (Tables 6-7) and the
+    favourite-genre generation (Fig. 4), each on the same users."""
+    rows = []
+    paper_fs = {256: (".3467 vs .2243", ".3605 vs .3467"), 128: (".3099 vs .1813", ".3486 vs .3099")}
+    for k, res in few.items():
+        a, b = paper_fs.get(k, ("-", "-"))
+        rows.append(ordering_row(res, few_group, f"Few-shot K={k}: A-LLMRec beats SASRec",
+                                 f"Beauty {a}", "A-LLMRec", "SASRec"))
+        rows.append(ordering_row(res, few_group, f"Few-shot K={k}: A-LLMRec (SBERT) beats A-LLMRec",
+                                 f"Beauty {b}", "A-LLMRec (SBERT)", "A-LLMRec"))
+    paper_abl = {"w/o matching loss": ("Table 6", ".5809 vs .5548"),
+                 "w/o reconstruction losses": ("Table 6", ".5809 vs .5327"),
+                 "w/o recommendation loss": ("Table 6", ".5809 vs .5523"),
+                 "w/o joint embedding": ("Table 7 row 3", ".5809 vs .5213")}
+    for n, (table, num) in paper_abl.items():
+        if n in ablation:
+            rows.append(ordering_row(ablation, abl_group, f"A-LLMRec beats its ablation {n}",
+                                     f"{table}, Beauty {num}", "A-LLMRec", n))
+    if "A-LLMRec" in genre and "LLM-Only" in genre:
+        a, b = genre["A-LLMRec"], genre["LLM-Only"]
+        n = a["n_users"]
+        ha = np.r_[np.ones(round(a["names_genre"] * n)), np.zeros(n - round(a["names_genre"] * n))]
+        hb = np.r_[np.ones(round(b["names_genre"] * n)), np.zeros(n - round(b["names_genre"] * n))]
+        above, sep = separated(ha, hb)
+        rows.append(claim("Favourite genre: A-LLMRec names a real genre more often than LLM-Only",
+                          "Fig. 4 (examples, no rate)", f"{a['names_genre']:.2f} vs "
+                          f"{b['names_genre']:.2f} ({n} users)", above,
+                          "intervals separate" if sep else "intervals overlap", separable=sep))
     return rows
