@@ -38,6 +38,7 @@ from recutils.models.allmrec import (
     SoftToken,
     Stage1Aligner,
     Stage1Config,
+    _user_and_history,
     answer,
     choice_labels,
     choice_prompt,
@@ -895,12 +896,7 @@ def side_record(results: dict[str, EvalResult], group: np.ndarray, **extra) -> d
 def genre_prompt(history: Sequence[str], history_ids: Sequence[int], soft: bool = True) -> list[Segment]:
     """The opening of the recommendation prompt (user token, watched titles with their item
     tokens) followed by a question about the user's favourite genre instead of candidates."""
-    seg: list[Segment] = [SoftToken("user"), " is a user representation. "] if soft else []
-    seg.append("This user has watched ")
-    for k, t in enumerate(history):
-        seg.append(("" if k == 0 else ", ") + f'"{t}"')
-        if soft:
-            seg.append(SoftToken("item", int(history_ids[k])))
+    seg = _user_and_history(history, [], history_ids, [], soft)  # no candidates here
     seg.append(" in the previous. Name the movie genre this user likes most, in one or two words.\n"
                "Genre:")
     return seg
